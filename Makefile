@@ -1,0 +1,38 @@
+# The two commands of the quick start: `make test` and `make book`.
+# Each creates .venv from requirements.txt on first use and reuses it afterwards.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-unit test-notebooks book lint bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint book test-notebooks test-unit
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+test-notebooks: $(STAMP)
+
+book: $(STAMP)
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q lightly
+	$(BIN)/python -m dyntemp bench loss
+	$(BIN)/python -m dyntemp bench augment
+	$(BIN)/python -m dyntemp bench train
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,30 @@
+"""Shared fixtures: deterministic seeds and the real CIFAR-10 (through DYNTEMP_DATA)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def cifar10_root() -> Path:
+    """The extracted real CIFAR-10 (``train/<class>/*.jpg``, ``test/<class>/*.jpg``).
+
+    Outside CI a missing copy skips the test with the reason; in CI (``CI=true``) it fails,
+    because there the data must be there and a skipped test is not a passing one.
+    """
+    root = os.environ.get("DYNTEMP_DATA")
+    if root and (Path(root) / "train").is_dir():
+        return Path(root)
+    message = "the real CIFAR-10 is needed: set DYNTEMP_DATA to its extracted folder"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
