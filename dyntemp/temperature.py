@@ -1,0 +1,348 @@
+"""Temperature rules: how hot the softmax of NT-Xent runs, pair by pair.
+
+Each rule is a small object. Called on a tensor of cosine similarities it returns the
+temperature of every pair, a tensor of the same shape::
+
+    rule = DySTreSS(tau_min=0.1, tau_max=0.2)
+    tau = rule(s)                       # same shape as s
+
+``rule.sympy(s)`` returns the very same rule as a SymPy expression of the symbol ``s``, so
+the book derives its mathematics from the definitions the loss uses; with
+``symbolic=True`` the parameters stay symbols too. ``rule.derivative(s)`` is d tau / d s,
+used by the loss when gradients flow through the temperature.
+
+Some rules need more than the similarity: ``CosineSchedule`` reads the training
+``progress`` (in epochs), ``MACL`` the batch's mean positive similarity ``positive_mean``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import sympy as sp
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NAMES",
+    "CosineSchedule",
+    "DySTreSS",
+    "Exponential",
+    "Fixed",
+    "Linear",
+    "MACL",
+    "ShiftedDySTreSS",
+    "TemperatureRule",
+    "from_name",
+]
+
+
+def _check_finite(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_positive(name: str, value: float) -> float:
+    value = _check_finite(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _check_range(tau_min: float, tau_max: float) -> tuple[float, float]:
+    tau_min = _check_positive("tau_min", tau_min)
+    tau_max = _check_positive("tau_max", tau_max)
+    if tau_min > tau_max:
+        raise ValueError(f"tau_min must be <= tau_max, got tau_min={tau_min} > tau_max={tau_max}")
+    return tau_min, tau_max
+
+
+def _exact(name: str, value: float, symbolic: bool) -> sp.Expr:
+    """A parameter for SymPy: a positive symbol, or the exact decimal value (0.1 -> 1/10)."""
+    if symbolic:
+        return sp.Symbol(name, positive=True)
+    return sp.Rational(repr(value))
+
+
+class TemperatureRule:
+    """Base class: ``rule(s, progress=None, positive_mean=None)`` -> temperatures."""
+
+    #: True when the temperature depends on the pair's similarity.
+    per_pair: bool = True
+    #: True when the rule reads the training progress (in epochs).
+    needs_progress: bool = False
+    #: True when the rule reads the batch's mean positive similarity.
+    needs_positive_mean: bool = False
+
+    def tau(
+        self, s: Tensor, progress: float | None = None, positive_mean: Tensor | None = None
+    ) -> Tensor:
+        """The temperature, broadcastable to ``s`` (a 0-d tensor for rules that ignore s).
+
+        It must return a new tensor: the loss reuses its memory.
+        """
+        raise NotImplementedError
+
+    def check_inputs(self, progress: float | None, positive_mean: Tensor | None) -> None:
+        """Raise ValueError when the rule lacks what it reads."""
+        if self.needs_progress and progress is None:
+            raise ValueError(f"{self!r} needs the training progress (in epochs)")
+        if self.needs_positive_mean and positive_mean is None:
+            raise ValueError(f"{self!r} needs the batch's mean positive similarity")
+
+    def derivative(self, s: Tensor) -> Tensor:
+        """d tau / d s, elementwise, broadcastable to ``s``.
+
+        The generic version differentiates ``tau`` with autograd; rules override it with
+        their closed form.
+        """
+        with torch.enable_grad():
+            x = s.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.tau(x).sum(), x)
+        return grad
+
+    def __call__(
+        self, s: Tensor, progress: float | None = None, positive_mean: Tensor | None = None
+    ) -> Tensor:
+        self.check_inputs(progress, positive_mean)
+        return self.tau(s, progress, positive_mean).expand_as(s)
+
+    def sympy(self, s: sp.Symbol, t: sp.Symbol | None = None, symbolic: bool = False) -> sp.Expr:
+        """The rule as a SymPy expression of the similarity symbol ``s``."""
+        raise NotImplementedError
+
+    def _params(self) -> dict[str, float]:
+        return dict(vars(self))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v:g}" for k, v in self._params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self._params() == other._params()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(self._params().items())))
+
+
+class Fixed(TemperatureRule):
+    """One temperature for every pair: SimCLR's NT-Xent."""
+
+    per_pair = False
+
+    def __init__(self, tau: float = 0.2) -> None:
+        self.tau_value = _check_positive("tau", tau)
+
+    def _params(self) -> dict[str, float]:
+        return {"tau": self.tau_value}
+
+    def tau(self, s, progress=None, positive_mean=None):
+        return s.new_tensor(self.tau_value)
+
+    def derivative(self, s: Tensor) -> Tensor:
+        return s.new_zeros(())
+
+    def sympy(self, s, t=None, symbolic=False):
+        return _exact("tau", self.tau_value, symbolic)
+
+
+class DySTreSS(TemperatureRule):
+    """The paper's cosine rule: tau_max at s = +-1, tau_min at s = 0.
+
+    tau(s) = tau_min + (tau_max - tau_min)/2 * (1 + cos(pi (1 + s)))
+    """
+
+    def __init__(self, tau_min: float = 0.1, tau_max: float = 0.2) -> None:
+        self.tau_min, self.tau_max = _check_range(tau_min, tau_max)
+
+    def tau(self, s, progress=None, positive_mean=None):
+        half = 0.5 * (self.tau_max - self.tau_min)
+        # tau_min + half * (1 + cos(pi (1 + s))), in place on one new tensor
+        return s.add(1.0).mul_(math.pi).cos_().add_(1.0).mul_(half).add_(self.tau_min)
+
+    def derivative(self, s):
+        half = 0.5 * (self.tau_max - self.tau_min)
+        return s.add(1.0).mul_(math.pi).sin_().mul_(-half * math.pi)
+
+    def sympy(self, s, t=None, symbolic=False):
+        lo = _exact("tau_min", self.tau_min, symbolic)
+        hi = _exact("tau_max", self.tau_max, symbolic)
+        return lo + (hi - lo) / 2 * (1 + sp.cos(sp.pi * (1 + s)))
+
+
+class ShiftedDySTreSS(TemperatureRule):
+    """The paper's DySTreSS*: the cosine shifted by ``shift`` and stretched to ``width``.
+
+    tau(s) = tau_min + (tau_max - tau_min)/2 * (1 + cos(pi (s + shift) / width)) for
+    s <= -shift, and tau_max above.
+    """
+
+    def __init__(
+        self, tau_min: float = 0.1, tau_max: float = 0.2, shift: float = -0.4, width: float = 0.7
+    ) -> None:
+        self.tau_min, self.tau_max = _check_range(tau_min, tau_max)
+        self.shift = _check_finite("shift", shift)
+        self.width = _check_positive("width", width)
+
+    def tau(self, s, progress=None, positive_mean=None):
+        half = 0.5 * (self.tau_max - self.tau_min)
+        curve = self.tau_min + half * (1.0 + torch.cos(math.pi * (s + self.shift) / self.width))
+        return torch.where(s <= -self.shift, curve, torch.full_like(curve, self.tau_max))
+
+    def derivative(self, s):
+        half = 0.5 * (self.tau_max - self.tau_min)
+        phase = math.pi * (s + self.shift) / self.width
+        slope = -half * math.pi / self.width * torch.sin(phase)
+        return torch.where(s <= -self.shift, slope, torch.zeros_like(slope))
+
+    def sympy(self, s, t=None, symbolic=False):
+        lo = _exact("tau_min", self.tau_min, symbolic)
+        hi = _exact("tau_max", self.tau_max, symbolic)
+        shift = sp.Symbol("Delta_s", real=True) if symbolic else sp.Rational(repr(self.shift))
+        width = _exact("k", self.width, symbolic)
+        curve = lo + (hi - lo) / 2 * (1 + sp.cos(sp.pi * (s + shift) / width))
+        return sp.Piecewise((curve, s <= -shift), (hi, True))
+
+
+class Linear(TemperatureRule):
+    """V-shaped in |s|: tau(s) = tau_min + (tau_max - tau_min) |s|."""
+
+    def __init__(self, tau_min: float = 0.1, tau_max: float = 0.2) -> None:
+        self.tau_min, self.tau_max = _check_range(tau_min, tau_max)
+
+    def tau(self, s, progress=None, positive_mean=None):
+        return self.tau_min + (self.tau_max - self.tau_min) * s.abs()
+
+    def derivative(self, s):
+        return (self.tau_max - self.tau_min) * torch.sign(s)
+
+    def sympy(self, s, t=None, symbolic=False):
+        lo = _exact("tau_min", self.tau_min, symbolic)
+        hi = _exact("tau_max", self.tau_max, symbolic)
+        return lo + (hi - lo) * sp.Abs(s)
+
+
+class Exponential(TemperatureRule):
+    """tau(s) = max(a - b e^{-cs}, a - b e^{cs}) = a - b e^{-c|s|}: a - b at s = 0."""
+
+    def __init__(self, a: float = 0.2, b: float = 0.1, c: float = 3.5) -> None:
+        self.a = _check_positive("a", a)
+        self.b = _check_finite("b", b)
+        self.c = _check_finite("c", c)
+        if not 0 <= self.b < self.a:
+            raise ValueError(f"b must be in [0, a) so that tau > 0, got a={self.a}, b={self.b}")
+        if self.c < 0:
+            raise ValueError(f"c must be >= 0, got {self.c}")
+
+    def tau(self, s, progress=None, positive_mean=None):
+        return self.a - self.b * torch.exp(-self.c * s.abs())
+
+    def derivative(self, s):
+        return self.b * self.c * torch.sign(s) * torch.exp(-self.c * s.abs())
+
+    def sympy(self, s, t=None, symbolic=False):
+        a = _exact("a", self.a, symbolic)
+        b = _exact("b", self.b, symbolic)
+        c = _exact("c", self.c, symbolic)
+        return a - b * sp.exp(-c * sp.Abs(s))
+
+
+class CosineSchedule(TemperatureRule):
+    """Kukleva et al.'s schedule over training time, one temperature for every pair.
+
+    tau(t) = tau_min + (tau_max - tau_min)/2 * (1 + cos(2 pi t / period)), t in epochs.
+    """
+
+    per_pair = False
+    needs_progress = True
+
+    def __init__(self, tau_min: float = 0.1, tau_max: float = 1.0, period: float = 400.0) -> None:
+        self.tau_min, self.tau_max = _check_range(tau_min, tau_max)
+        self.period = _check_positive("period", period)
+
+    def tau(self, s, progress=None, positive_mean=None):
+        t = float(progress) if progress is not None else 0.0
+        half = 0.5 * (self.tau_max - self.tau_min)
+        return s.new_tensor(self.tau_min + half * (1.0 + math.cos(2 * math.pi * t / self.period)))
+
+    def derivative(self, s):
+        return s.new_zeros(())
+
+    def sympy(self, s, t=None, symbolic=False):
+        if t is None:
+            t = sp.Symbol("t", nonnegative=True)
+        lo = _exact("tau_min", self.tau_min, symbolic)
+        hi = _exact("tau_max", self.tau_max, symbolic)
+        period = _exact("T", self.period, symbolic)
+        return lo + (hi - lo) / 2 * (1 + sp.cos(2 * sp.pi * t / period))
+
+
+class MACL(TemperatureRule):
+    """MACL's model-aware temperature: tau = tau0 (1 + alpha (A - a0)).
+
+    A is the batch's mean positive similarity, detached, so the temperature is one number
+    for the whole batch. ``sympy`` takes A as its second symbol.
+    """
+
+    per_pair = False
+    needs_positive_mean = True
+
+    def __init__(self, tau0: float = 0.1, alpha: float = 0.5, a0: float = 0.0) -> None:
+        self.tau0 = _check_positive("tau0", tau0)
+        self.alpha = _check_finite("alpha", alpha)
+        self.a0 = _check_finite("a0", a0)
+        lowest = min(1 + self.alpha * (a - self.a0) for a in (-1.0, 1.0))
+        if lowest <= 0:
+            raise ValueError(
+                f"alpha and a0 must keep 1 + alpha (A - a0) > 0 for every A in [-1, 1], "
+                f"got alpha={self.alpha}, a0={self.a0}"
+            )
+
+    def tau(self, s, progress=None, positive_mean=None):
+        a = torch.as_tensor(0.0 if positive_mean is None else positive_mean).detach()
+        return (self.tau0 * (1.0 + self.alpha * (a - self.a0))).to(s)
+
+    def derivative(self, s):
+        return s.new_zeros(())
+
+    def sympy(self, s, t=None, symbolic=False):
+        a = t if t is not None else sp.Symbol("A", real=True)
+        tau0 = _exact("tau_0", self.tau0, symbolic)
+        alpha = _exact("alpha", self.alpha, symbolic)
+        a0 = sp.Symbol("A_0", real=True) if symbolic else sp.Rational(repr(self.a0))
+        return tau0 * (1 + alpha * (a - a0))
+
+
+_RULES: dict[str, type[TemperatureRule]] = {
+    "fixed": Fixed,
+    "dystress": DySTreSS,
+    "shifted": ShiftedDySTreSS,
+    "linear": Linear,
+    "exponential": Exponential,
+    "schedule": CosineSchedule,
+    "macl": MACL,
+}
+
+#: The names ``from_name`` knows.
+NAMES: tuple[str, ...] = tuple(_RULES)
+
+
+def from_name(name: str, **params: Any) -> TemperatureRule:
+    """Build a rule by its name, e.g. ``from_name("dystress", tau_min=0.07, tau_max=0.2)``."""
+    try:
+        cls = _RULES[name.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(
+            f"unknown temperature rule {name!r}; known: {', '.join(NAMES)}"
+        ) from None
+    allowed = [p for p in inspect.signature(cls).parameters]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"bad parameters for temperature rule {name!r}: {', '.join(unknown)}; "
+            f"it takes {', '.join(allowed)}"
+        )
+    return cls(**params)

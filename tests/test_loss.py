@@ -1,0 +1,202 @@
+"""The loss against an independent float64 reference, gradcheck, closed forms, DCL, autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dyntemp import NTXent, ntxent
+from dyntemp import temperature as T
+
+RULES = [
+    T.Fixed(0.2),
+    T.DySTreSS(0.1, 0.2),
+    T.DySTreSS(0.07, 0.2),
+    T.ShiftedDySTreSS(),
+    T.Linear(0.1, 0.2),
+    T.Exponential(),
+    T.CosineSchedule(0.1, 1.0, period=40),
+    T.MACL(0.1, 0.5, 0.0),
+]
+PER_PAIR = [r for r in RULES if r.per_pair]
+
+
+def reference(z1, z2, rule, *, detach=True, decoupled=False, progress=3.0):
+    """NT-Xent written anchor by anchor from the formula, in float64, with autograd."""
+    z = torch.cat([z1, z2]).double()
+    z = z / z.norm(dim=1, keepdim=True)
+    n2 = z.shape[0]
+    n = n2 // 2
+    positive_mean = sum(z[i] @ z[i + n] for i in range(n)).detach() / n
+    losses = []
+    for i in range(n2):
+        p = (i + n) % n2
+        terms = []
+        for k in range(n2):
+            if k == i or (decoupled and k == p):
+                continue
+            s = z[i] @ z[k]
+            tau = rule(s, progress=progress, positive_mean=positive_mean)
+            if detach:
+                tau = tau.detach()
+            terms.append(s / tau)
+        s_p = z[i] @ z[p]
+        tau_p = rule(s_p, progress=progress, positive_mean=positive_mean)
+        if detach:
+            tau_p = tau_p.detach()
+        losses.append(torch.logsumexp(torch.stack(terms), 0) - s_p / tau_p)
+    return torch.stack(losses).mean()
+
+
+def views(n=6, d=5, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, d, generator=g, dtype=torch.float64)
+    z2 = z1 + 0.7 * torch.randn(n, d, generator=g, dtype=torch.float64)  # related views
+    return z1.to(dtype).requires_grad_(), z2.to(dtype).requires_grad_()
+
+
+@pytest.mark.parametrize("decoupled", [False, True], ids=["ntxent", "dcl"])
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-graph"])
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_matches_reference(rule, detach, decoupled):
+    z1, z2 = views()
+    loss = ntxent(z1, z2, rule, detach_temperature=detach, decoupled=decoupled, progress=3.0)
+    g1, g2 = torch.autograd.grad(loss, (z1, z2))
+    r1, r2 = (z.detach().double().requires_grad_() for z in (z1, z2))
+    expected = reference(r1, r2, rule, detach=detach, decoupled=decoupled)
+    e1, e2 = torch.autograd.grad(expected, (r1, r2))
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g1.double(), e1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g2.double(), e2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("decoupled", [False, True], ids=["ntxent", "dcl"])
+@pytest.mark.parametrize("rule", [T.Fixed(0.3), *PER_PAIR], ids=repr)
+def test_gradcheck_with_temperature_in_graph(rule, decoupled):
+    """With tau in the graph the backward is the true gradient of the forward."""
+    z1, z2 = views(n=4, d=3, dtype=torch.float64, seed=1)
+    assert torch.autograd.gradcheck(
+        lambda a, b: ntxent(a, b, rule, detach_temperature=False, decoupled=decoupled), (z1, z2)
+    )
+
+
+def test_gradcheck_fixed_detached():
+    z1, z2 = views(n=4, d=3, dtype=torch.float64, seed=2)
+    assert torch.autograd.gradcheck(lambda a, b: ntxent(a, b, 0.2), (z1, z2))
+
+
+def similarity_loss(s, rule, detach):
+    """L as a function of the similarity matrix, for the closed forms of PAPER.md 2."""
+    n2 = s.shape[0]
+    n = n2 // 2
+    tau = rule(s)
+    if detach:
+        tau = tau.detach()
+    x = (s / tau).masked_fill(torch.eye(n2, dtype=torch.bool), float("-inf"))
+    pos = torch.cat([torch.arange(n, n2), torch.arange(n)])
+    return (torch.logsumexp(x, 1) - x[torch.arange(n2), pos]).mean(), x, tau, pos
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-graph"])
+@pytest.mark.parametrize("rule", PER_PAIR, ids=repr)
+def test_closed_form_gradients(rule, detach):
+    """dL_i/ds_ij = P_ij/tau_ij (negatives), -(1 - P_ip)/tau_ip (positive), times
+    1 - s tau'/tau when tau is in the graph."""
+    z1, z2 = views(n=5, d=4, dtype=torch.float64, seed=3)
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]).detach(), dim=1)
+    s = (z @ z.T).requires_grad_()
+    loss, x, tau, pos = similarity_loss(s, rule, detach)
+    (grad,) = torch.autograd.grad(loss, s)
+    n2 = s.shape[0]
+    p = torch.softmax(x.detach(), dim=1)
+    closed = p / tau.detach()
+    rows = torch.arange(n2)
+    closed[rows, pos] = -(1 - p[rows, pos]) / tau.detach()[rows, pos]
+    if not detach:
+        sd, td = s.detach(), tau.detach()
+        closed = closed * (1 - sd * rule.derivative(sd) / td)
+    closed = closed / n2  # the mean over the 2N anchors
+    torch.testing.assert_close(grad, closed, rtol=1e-10, atol=1e-12)
+
+
+def test_detached_and_in_graph_differ_only_for_per_pair_rules():
+    z1, z2 = views()
+    for rule, differ in [(T.Fixed(0.2), False), (T.DySTreSS(0.1, 0.2), True)]:
+        g_det = torch.autograd.grad(ntxent(z1, z2, rule), z1)[0]
+        g_in = torch.autograd.grad(ntxent(z1, z2, rule, detach_temperature=False), z1)[0]
+        assert (not torch.allclose(g_det, g_in)) == differ
+
+
+def test_number_means_fixed_and_module_matches_function():
+    z1, z2 = views()
+    assert torch.equal(ntxent(z1, z2, 0.2), ntxent(z1, z2, T.Fixed(0.2)))
+    module = NTXent(T.DySTreSS(), decoupled=True)
+    assert torch.equal(module(z1, z2), ntxent(z1, z2, T.DySTreSS(), decoupled=True))
+    assert "DySTreSS" in repr(module)
+
+
+def test_equal_tau_range_is_fixed():
+    z1, z2 = views()
+    torch.testing.assert_close(ntxent(z1, z2, T.DySTreSS(0.15, 0.15)), ntxent(z1, z2, 0.15))
+
+
+def test_float64_stays_float64():
+    z1, z2 = views(dtype=torch.float64)
+    assert ntxent(z1, z2, T.DySTreSS()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_is_stable_with_small_tau(dtype):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 32, generator=g)
+    layer = torch.nn.Linear(32, 16)
+    rule = T.DySTreSS(0.05, 0.1)
+    with torch.autocast("cpu", dtype=dtype):
+        z1, z2 = layer(x), layer(x + 0.1 * torch.randn(64, 32, generator=g))
+        assert z1.dtype == dtype
+        z1, z2 = z1 * 100, z2 * 100  # large norms must not overflow
+        loss = ntxent(z1, z2, rule)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(layer.weight.grad).all()
+    exact = ntxent(z1.float(), z2.float(), rule)  # the same low-precision inputs, no autocast
+    torch.testing.assert_close(loss, exact, rtol=1e-6, atol=1e-6)
+
+
+def test_positive_pairs_pull_together():
+    """A step along -grad lowers the loss and raises the positive similarity."""
+    z1, z2 = views()
+    rule = T.DySTreSS()
+    loss = ntxent(z1, z2, rule)
+    g1, g2 = torch.autograd.grad(loss, (z1, z2))
+    with torch.no_grad():
+        a, b = z1 - 0.05 * g1, z2 - 0.05 * g2
+        assert ntxent(a, b, rule) < loss
+        cos = torch.nn.functional.cosine_similarity
+        assert cos(a, b).mean() > cos(z1, z2).mean()
+
+
+@pytest.mark.parametrize(
+    ("z1", "z2", "match"),
+    [
+        (torch.randn(4, 3), torch.randn(5, 3), "same shape"),
+        (torch.randn(4, 3), torch.randn(4, 2), "same shape"),
+        (torch.randn(1, 3), torch.randn(1, 3), "N >= 2"),
+        (torch.randn(4), torch.randn(4), "2-D"),
+        (torch.randn(2, 4, 3), torch.randn(2, 4, 3), "2-D"),
+    ],
+)
+def test_bad_input(z1, z2, match):
+    with pytest.raises(ValueError, match=match):
+        ntxent(z1, z2, 0.2)
+
+
+def test_bad_temperature_and_missing_progress():
+    z1, z2 = views()
+    with pytest.raises(ValueError, match="temperature must be"):
+        ntxent(z1, z2, "hot")
+    with pytest.raises(ValueError, match="progress"):
+        ntxent(z1, z2, T.CosineSchedule())
+    with pytest.raises(ValueError, match="torch.distributed"):
+        ntxent(z1, z2, 0.2, gather=True)

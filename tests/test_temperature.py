@@ -1,0 +1,150 @@
+"""Temperature rules: torch and SymPy forms agree; values, slopes and bad parameters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import sympy as sp
+import torch
+
+from dyntemp import temperature as T
+
+S = sp.Symbol("s", real=True)
+GRID = torch.linspace(-1.0, 1.0, 401, dtype=torch.float64)
+
+PER_PAIR = [
+    T.DySTreSS(),
+    T.DySTreSS(0.07, 0.2),
+    T.ShiftedDySTreSS(),
+    T.ShiftedDySTreSS(0.05, 0.3, shift=-0.2, width=0.5),
+    T.Linear(0.1, 0.2),
+    T.Exponential(),
+    T.Exponential(0.3, 0.2, 1.0),
+]
+
+
+def sympy_values(rule: T.TemperatureRule, s: torch.Tensor, **subs: float) -> torch.Tensor:
+    expr = rule.sympy(S, **({"t": sp.Symbol("t")} if subs else {}))
+    f = sp.lambdify([S, *[sp.Symbol(k) for k in subs]], expr, "math")
+    return torch.tensor([float(f(float(x), *subs.values())) for x in s], dtype=s.dtype)
+
+
+@pytest.mark.parametrize("rule", PER_PAIR, ids=repr)
+def test_torch_matches_sympy(rule: T.TemperatureRule) -> None:
+    torch.testing.assert_close(rule(GRID), sympy_values(rule, GRID), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule", PER_PAIR, ids=repr)
+def test_derivative_matches_sympy(rule: T.TemperatureRule) -> None:
+    grid = GRID[(GRID.abs() > 1e-9) & ((GRID - 0.4).abs() > 1e-9) & ((GRID - 0.2).abs() > 1e-9)]
+    slope = sp.lambdify(S, sp.diff(rule.sympy(S), S), "math")
+    expected = torch.tensor([float(slope(float(x))) for x in grid], dtype=grid.dtype)
+    torch.testing.assert_close(rule.derivative(grid), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("rule", PER_PAIR, ids=repr)
+def test_generic_autograd_derivative_agrees(rule: T.TemperatureRule) -> None:
+    grid = GRID[GRID.abs() > 1e-9]
+    generic = T.TemperatureRule.derivative(rule, grid)
+    torch.testing.assert_close(rule.derivative(grid), generic, rtol=0, atol=1e-12)
+
+
+def test_dystress_shape() -> None:
+    rule = T.DySTreSS(0.1, 0.2)
+    values = rule(torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        values, torch.tensor([0.2, 0.15, 0.1, 0.15, 0.2], dtype=torch.float64)
+    )
+    # the two written forms of PAPER.md are the same function
+    tau_min, tau_max = sp.symbols("tau_min tau_max", positive=True)
+    other = tau_min + (tau_max - tau_min) / 2 * (1 - sp.cos(sp.pi * S))
+    assert sp.simplify(rule.sympy(S, symbolic=True) - other) == 0
+
+
+def test_shifted_matches_paper_points() -> None:
+    rule = T.ShiftedDySTreSS(0.1, 0.2, shift=-0.4, width=0.7)
+    s = torch.tensor([-1.0, -0.3, 0.4, 0.7, 1.0], dtype=torch.float64)
+    expected = torch.tensor([0.2, 0.1, 0.2, 0.2, 0.2], dtype=torch.float64)
+    torch.testing.assert_close(rule(s), expected)
+
+
+def test_exponential_profile_values() -> None:
+    rule = T.Exponential()  # (a, b, c) = (0.2, 0.1, 3.5)
+    values = rule(torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64))
+    assert values[1].item() == pytest.approx(0.1)
+    assert values[0].item() == pytest.approx(0.2 - 0.1 * math.exp(-3.5))
+    assert values[0].item() == pytest.approx(0.197, abs=5e-4)
+    # max(a - b e^{-cs}, a - b e^{cs}) written as the paper does
+    paper = torch.maximum(0.2 - 0.1 * torch.exp(-3.5 * GRID), 0.2 - 0.1 * torch.exp(3.5 * GRID))
+    torch.testing.assert_close(rule(GRID), paper)
+
+
+def test_linear_is_v_shaped() -> None:
+    values = T.Linear(0.1, 0.3)(torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(values, torch.tensor([0.3, 0.2, 0.1, 0.2, 0.3], dtype=torch.float64))
+
+
+def test_fixed_is_constant_and_same_shape() -> None:
+    s = torch.rand(3, 4)
+    tau = T.Fixed(0.5)(s)
+    assert tau.shape == s.shape and torch.all(tau == 0.5)
+    assert T.Fixed(0.5).sympy(S) == sp.Rational(1, 2)
+
+
+def test_schedule_over_time() -> None:
+    rule = T.CosineSchedule(0.1, 1.0, period=400)
+    s = torch.zeros(2, 2)
+    assert torch.allclose(rule(s, progress=0.0), torch.tensor(1.0))
+    assert torch.allclose(rule(s, progress=200.0), torch.tensor(0.1))
+    t = sp.Symbol("t")
+    for epoch in (0.0, 37.5, 123.0, 350.0):
+        expected = float(rule.sympy(S, t).subs(t, epoch))
+        assert rule(s, progress=epoch)[0, 0].item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="progress"):
+        rule(s)
+
+
+def test_macl_reads_positive_mean() -> None:
+    rule = T.MACL(tau0=0.1, alpha=0.5, a0=0.2)
+    s = torch.zeros(3)
+    tau = rule(s, positive_mean=torch.tensor(0.6))
+    assert torch.allclose(tau, torch.full((3,), 0.1 * (1 + 0.5 * 0.4)))
+    a = sp.Symbol("A")
+    assert rule.sympy(S, a).subs(a, sp.Rational(3, 5)) == sp.Rational(12, 100)
+    with pytest.raises(ValueError, match="positive similarity"):
+        rule(s)
+
+
+def test_symbolic_parameters() -> None:
+    expr = T.DySTreSS(0.1, 0.2).sympy(S, symbolic=True)
+    assert {str(x) for x in expr.free_symbols} == {"s", "tau_min", "tau_max"}
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "match"),
+    [
+        ("fixed", {"tau": 0.0}, "tau must be > 0"),
+        ("fixed", {"tau": -1.0}, "tau must be > 0"),
+        ("fixed", {"tau": float("nan")}, "tau must be a finite number"),
+        ("dystress", {"tau_min": 0.3, "tau_max": 0.2}, "tau_min must be <= tau_max"),
+        ("dystress", {"tau_min": float("inf")}, "tau_min must be a finite number"),
+        ("shifted", {"width": 0.0}, "width must be > 0"),
+        ("linear", {"tau_min": -0.1}, "tau_min must be > 0"),
+        ("exponential", {"b": 0.3}, r"b must be in \[0, a\)"),
+        ("schedule", {"period": 0}, "period must be > 0"),
+        ("macl", {"alpha": 2.0}, "alpha and a0"),
+        ("dystress", {"tau": 0.2}, "bad parameters for temperature rule 'dystress'"),
+        ("warm", {}, "unknown temperature rule 'warm'; known: fixed, dystress"),
+    ],
+)
+def test_bad_parameters(name: str, params: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        T.from_name(name, **params)
+
+
+def test_from_name_builds_every_rule() -> None:
+    assert T.from_name("dystress", tau_min=0.07, tau_max=0.2) == T.DySTreSS(0.07, 0.2)
+    assert T.from_name("FIXED", tau=0.5) == T.Fixed(0.5)
+    for name in T.NAMES:
+        assert isinstance(T.from_name(name), T.TemperatureRule)
