@@ -21,7 +21,6 @@ stays float64), outside autocast, so fp16 training cannot overflow exp(s / tau).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dyntemp.temperature import Fixed, TemperatureRule
@@ -39,11 +38,22 @@ def _as_rule(temperature: TemperatureRule | float) -> TemperatureRule:
     )
 
 
+def _normalise(z: Tensor) -> tuple[Tensor, Tensor]:
+    norm = z.norm(dim=1, keepdim=True).clamp_min_(1e-12)
+    return z / norm, norm
+
+
+def _normalise_backward(grad: Tensor, unit: Tensor, norm: Tensor) -> Tensor:
+    """Gradient through z / |z|: remove the radial part, divide by the norm."""
+    radial = (grad * unit).sum(dim=1, keepdim=True)
+    return grad.sub_(unit * radial).div_(norm)
+
+
 class _PairwiseNTXent(torch.autograd.Function):
     """Mean NT-Xent of the anchor rows against the key columns, exact backward.
 
-    ``keys=None`` means the anchors are the keys (one process): the similarity matrix is
-    symmetric and both gradient paths meet in a single product (G + G^T) z.
+    Takes the raw embeddings and L2-normalises them itself. ``keys=None`` means the
+    anchors are the keys (one process): both gradient paths meet in one product (G + G^T) z.
     """
 
     @staticmethod
@@ -55,47 +65,98 @@ class _PairwiseNTXent(torch.autograd.Function):
         positive_index: Tensor,
         rule: TemperatureRule,
         progress: float | None,
-        positive_mean: Tensor | None,
         detach_temperature: bool,
         decoupled: bool,
-        normaliser: int,
     ) -> Tensor:
-        rows = torch.arange(anchors.shape[0], device=anchors.device)
-        logits = anchors @ (anchors if keys is None else keys).T  # s, then s / tau, then P
+        a, a_norm = _normalise(anchors)
+        k, k_norm = (a, a_norm) if keys is None else _normalise(keys)
+        count = a.shape[0]
+        rows = torch.arange(count, device=a.device)
+        positive_mean = None
+        if rule.needs_positive_mean:  # the mean over every positive pair, detached
+            half = k.shape[0] // 2
+            positive_mean = (k[:half] * k[half:]).sum(1).mean()
         rule.check_inputs(progress, positive_mean)
+
+        logits = a @ k.T  # s, then s / tau, then the gradient G, all in this one matrix
         tau = rule.tau(logits, progress, positive_mean)  # on the true s, self-pairs included
         if detach_temperature or not rule.per_pair:
-            logits.div_(tau)
             scale = tau.reciprocal_()  # dL/ds = dL/dx / tau
-        else:
-            # dL/ds = dL/dx * (tau - s tau') / tau^2, taken before s is overwritten
+        else:  # dL/ds = dL/dx * (tau - s tau') / tau^2
             scale = rule.derivative(logits).mul_(logits).neg_().add_(tau).div_(tau).div_(tau)
-            logits.div_(tau)
+            tau.reciprocal_()
+            logits.mul_(tau)
+            tau = None
+        if tau is not None:
+            logits.mul_(scale)
         del tau
         positive = logits[rows, positive_index]
         logits[rows, self_index] = float("-inf")
         if decoupled:
             logits[rows, positive_index] = float("-inf")
-        lse = torch.logsumexp(logits, dim=1)
-        loss = (lse - positive).sum() / normaliser
-
-        # The gradient, ready for backward: G = (P - Y) * scale / normaliser.
-        grad = logits.sub_(lse[:, None]).exp_()
-        grad[rows, positive_index] -= 1.0
-        grad.mul_(scale).div_(normaliser)
-        ctx.save_for_backward(anchors, keys if keys is not None else anchors, grad)
+        top = logits.amax(dim=1)
+        positive_scale = scale[rows, positive_index] if scale.dim() else scale.expand(count)
         ctx.symmetric = keys is None
+        # One process: x = s / tau is symmetric, and a symmetric shift keeps it so. Far
+        # apart row maxima (tau below ~0.01) would underflow it: then shift row by row.
+        ctx.factored = ctx.symmetric and bool(top.max() - top.min() < 160.0)
+        if ctx.factored:
+            loss, weights, u, v = _factored(logits, top, positive, scale, count)
+            ctx.save_for_backward(a, a_norm, weights, u, v, positive_scale, positive_index)
+        else:
+            loss, grad = _dense(logits, top, positive, scale, count)
+            grad[rows, positive_index] -= positive_scale / count
+            ctx.save_for_backward(a, a_norm, k, k_norm, grad)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        anchors, keys, grad = ctx.saved_tensors
-        if ctx.symmetric:
-            grad_anchors, grad_keys = ((grad + grad.T) @ anchors).mul_(grad_loss), None
+        grad_keys = None
+        if ctx.factored:
+            a, a_norm, weights, u, v, positive_scale, positive_index = ctx.saved_tensors
+            both = weights @ torch.cat([v[:, None] * a, u[:, None] * a], dim=1)
+            dim = a.shape[1]
+            grad = u[:, None] * both[:, :dim] + v[:, None] * both[:, dim:]
+            grad -= (2.0 / a.shape[0]) * positive_scale[:, None] * a[positive_index]
+            grad_anchors = _normalise_backward(grad, a, a_norm)
         else:
-            grad_anchors = (grad @ keys).mul_(grad_loss)
-            grad_keys = (grad.T @ anchors).mul_(grad_loss)
-        return grad_anchors, grad_keys, None, None, None, None, None, None, None, None
+            a, a_norm, k, k_norm, grad = ctx.saved_tensors
+            if ctx.symmetric:
+                grad_anchors = _normalise_backward(torch.add(grad, grad.T) @ a, a, a_norm)
+            else:
+                grad_anchors = _normalise_backward(grad @ k, a, a_norm)
+                grad_keys = _normalise_backward(grad.T @ a, k, k_norm).mul_(grad_loss)
+        grad_anchors.mul_(grad_loss)
+        return grad_anchors, grad_keys, None, None, None, None, None, None
+
+
+def _dense(
+    logits: Tensor, top: Tensor, positive: Tensor, scale: Tensor, count: int
+) -> tuple[Tensor, Tensor]:
+    """Loss and G = P * scale / count (the positives' -scale/count still to subtract)."""
+    exp = logits.sub_(top[:, None]).exp_()  # P up to each row's sum
+    total = exp.sum(dim=1)
+    loss = (total.log() + top - positive).sum() / count
+    grad = exp.mul_(scale).mul_(total.mul_(count).reciprocal_()[:, None])
+    return loss, grad
+
+
+def _factored(
+    logits: Tensor, top: Tensor, positive: Tensor, scale: Tensor, count: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Loss and a symmetric factorisation of the gradient: P_ik / count = u_i q_ik v_k.
+
+    With h = top / 2, q_ik = exp(x_ik - h_i - h_k) <= 1 is symmetric, and so is
+    W = q * scale; then (G + G^T) z = u (W (v z)) + v (W (u z)) - 2 scale_ip z_p / count,
+    a single product of W with [v z, u z] and no transposed pass over the matrix.
+    """
+    half = top * 0.5
+    q = logits.sub_(half[:, None]).sub_(half[None, :]).exp_()
+    v = (half - half.max()).exp_()
+    rowsum = q @ v  # = sum_k exp(x_ik - top_i) * v_i
+    loss = (rowsum.log() + half + half.max() - positive).sum() / count
+    u = rowsum.mul_(count).reciprocal_()
+    return loss, q.mul_(scale), u, v
 
 
 class _GatherWithGradient(torch.autograd.Function):
@@ -164,8 +225,7 @@ def ntxent(
     rule = _as_rule(temperature)
     dtype = torch.float64 if z1.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        z1 = F.normalize(z1.to(dtype), dim=1)
-        z2 = F.normalize(z2.to(dtype), dim=1)
+        z1, z2 = z1.to(dtype), z2.to(dtype)
         n = z1.shape[0]
         if gather:
             import torch.distributed as dist
@@ -173,30 +233,24 @@ def ntxent(
             if not (dist.is_available() and dist.is_initialized()):
                 raise ValueError("gather=True needs an initialised torch.distributed process group")
             rank, world = dist.get_rank(), dist.get_world_size()
-            all1, all2 = _GatherWithGradient.apply(z1), _GatherWithGradient.apply(z2)
-            keys = torch.cat([all1, all2])
+            keys = torch.cat([_GatherWithGradient.apply(z1), _GatherWithGradient.apply(z2)])
             total = n * world
             local = torch.arange(rank * n, (rank + 1) * n, device=z1.device)
             self_index = torch.cat([local, local + total])
             positive_index = torch.cat([local + total, local])
-            anchors = torch.cat([z1, z2])
-            positive_mean = (all1 * all2).sum(1).mean().detach()
         else:
-            anchors, keys = torch.cat([z1, z2]), None
+            keys = None
             self_index = torch.arange(2 * n, device=z1.device)
             positive_index = torch.cat([self_index[n:], self_index[:n]])
-            positive_mean = (z1 * z2).sum(1).mean().detach()
         return _PairwiseNTXent.apply(
-            anchors,
+            torch.cat([z1, z2]),
             keys,
             self_index,
             positive_index,
             rule,
             progress,
-            positive_mean,
             detach_temperature,
             decoupled,
-            anchors.shape[0],
         )
 
 

@@ -160,12 +160,12 @@ class DySTreSS(TemperatureRule):
 
     def tau(self, s, progress=None, positive_mean=None):
         half = 0.5 * (self.tau_max - self.tau_min)
-        # tau_min + half * (1 + cos(pi (1 + s))), in place on one new tensor
-        return s.add(1.0).mul_(math.pi).cos_().add_(1.0).mul_(half).add_(self.tau_min)
+        # = tau_min + half - half cos(pi s), in place on one new tensor
+        return s.mul(math.pi).cos_().mul_(-half).add_(self.tau_min + half)
 
     def derivative(self, s):
         half = 0.5 * (self.tau_max - self.tau_min)
-        return s.add(1.0).mul_(math.pi).sin_().mul_(-half * math.pi)
+        return s.mul(math.pi).sin_().mul_(half * math.pi)
 
     def sympy(self, s, t=None, symbolic=False):
         lo = _exact("tau_min", self.tau_min, symbolic)

@@ -200,3 +200,27 @@ def test_bad_temperature_and_missing_progress():
         ntxent(z1, z2, T.CosineSchedule())
     with pytest.raises(ValueError, match="torch.distributed"):
         ntxent(z1, z2, 0.2, gather=True)
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-graph"])
+def test_tiny_temperature_takes_the_row_by_row_path(detach):
+    """Row maxima of s/tau far apart (tau near 0.001) switch to the row-shifted form."""
+    g = torch.Generator().manual_seed(5)
+    z1 = torch.randn(6, 8, generator=g)
+    noise = torch.linspace(0.1, 3.0, 6)[:, None]  # positives from close to far
+    z2 = (z1 + noise * torch.randn(6, 8, generator=g)).requires_grad_()
+    z1.requires_grad_()
+    rule = T.DySTreSS(0.001, 0.002)
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+        s = (z @ z.T).fill_diagonal_(-1.0)
+        top = (s / rule(s)).amax(1)
+        assert top.max() - top.min() >= 160  # the case this test is about
+    loss = ntxent(z1, z2, rule, detach_temperature=detach)
+    g1, g2 = torch.autograd.grad(loss, (z1, z2))
+    r1, r2 = (z.detach().double().requires_grad_() for z in (z1, z2))
+    expected = reference(r1, r2, rule, detach=detach)
+    e1, e2 = torch.autograd.grad(expected, (r1, r2))
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(g1.double(), e1, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(g2.double(), e2, rtol=1e-4, atol=1e-3)
