@@ -35,7 +35,7 @@ test-notebooks: $(STAMP)
 # The book, from scratch (a stale build would hide the warnings of unchanged pages);
 # any warning fails it.
 book: $(STAMP)
-	rm -rf _build/html _build/.doctrees
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute
 	$(BIN)/jupyter-book build . -n -W --keep-going
 
 bench: $(STAMP)
