@@ -176,7 +176,13 @@ def knn_accuracy(
         num_classes=num_classes,
         chunk_size=chunk_size,
     )
-    return 100.0 * (predicted.cpu() == test_labels.cpu()).float().mean().item()
+    return _percent(predicted, test_labels)
+
+
+def _percent(predicted: Tensor, labels: Tensor) -> float:
+    """Percentage of correct predictions, from exact integer counts."""
+    correct = int((predicted.cpu() == labels.cpu()).sum())
+    return 100.0 * correct / len(labels)
 
 
 def linear_probe(
@@ -233,9 +239,9 @@ def linear_probe(
         optimizer.step(objective)
     with torch.no_grad():
         loss = penalised_loss()
-        train_top1 = (x_train @ weight + bias).argmax(1).eq(y_train).float().mean().item()
-        test_top1 = (x_test @ weight + bias).argmax(1).eq(y_test).float().mean().item()
-    return {"train_top1": 100.0 * train_top1, "test_top1": 100.0 * test_top1, "loss": loss.item()}
+        train_top1 = _percent((x_train @ weight + bias).argmax(1), y_train)
+        test_top1 = _percent((x_test @ weight + bias).argmax(1), y_test)
+    return {"train_top1": train_top1, "test_top1": test_top1, "loss": loss.item()}
 
 
 # ----------------------------------------------------------------------------- geometry

@@ -1,0 +1,316 @@
+"""The trainer: configuration, schedule, LARS, checkpoints, resumption, failure handling."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fake_cifar import write_fake_cifar10
+
+from dyntemp import optim, temperature, train
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory) -> Path:
+    return write_fake_cifar10(tmp_path_factory.mktemp("data"))
+
+
+def tiny(root: Path, out: Path, **changes) -> train.TrainConfig:
+    settings = dict(
+        out=str(out),
+        data_root=str(root),
+        model="small",
+        epochs=2,
+        batch_size=40,
+        knn_k=20,
+        progress=False,
+        projector_hidden_dim=64,
+        projector_dim=32,
+    )
+    return train.TrainConfig(**{**settings, **changes})
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_defaults_are_the_papers_cifar_setup():
+    config = train.TrainConfig()
+    assert (config.dataset, config.model, config.stem) == ("cifar10", "resnet18", "cifar")
+    assert (config.projector_hidden_dim, config.projector_dim) == (512, 128)
+    assert (config.optimizer, config.lr, config.weight_decay, config.momentum) == (
+        "sgd",
+        0.2,
+        5e-4,
+        0.0,
+    )
+    assert (config.batch_size, config.epochs, config.eval_every) == (128, 200, 1)
+    assert (config.knn_k, config.knn_temperature) == (200, 0.1)
+    assert config.temperature_rule() == temperature.DySTreSS(0.1, 0.2)
+
+
+def test_every_field_is_documented():
+    for field in dataclasses.fields(train.TrainConfig):
+        assert field.metadata.get("help"), field.name
+
+
+def test_temperature_options_map_to_each_rule():
+    def rule(name, **options):
+        return train.TrainConfig(temperature=name, **options).temperature_rule()
+
+    assert rule("fixed", tau=0.5) == temperature.Fixed(0.5)
+    assert rule("dystress", tau_min=0.07) == temperature.DySTreSS(0.07, 0.2)
+    assert rule("shifted", shift=-0.3, width=0.5) == temperature.ShiftedDySTreSS(
+        0.1, 0.2, -0.3, 0.5
+    )
+    assert rule("linear", tau_max=0.3) == temperature.Linear(0.1, 0.3)
+    # tau(0) = a - b = tau_min and a = tau_max: the paper's (0.2, 0.1, 3.5) by default.
+    assert rule("exponential") == temperature.Exponential(0.2, 0.1, 3.5)
+    assert rule("exponential", tau_min=0.05, tau_max=0.3, rate=2.0) == temperature.Exponential(
+        0.3, 0.25, 2.0
+    )
+    assert rule("schedule", period=100) == temperature.CosineSchedule(0.1, 1.0, 100)
+    assert rule("macl", tau=0.2, alpha=0.3) == temperature.MACL(0.2, 0.3, 0.0)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"dataset": "mnist"}, "unknown dataset"),
+        ({"model": "vgg"}, "unknown model"),
+        ({"temperature": "warm"}, "unknown temperature rule"),
+        ({"tau_min": 0.3, "tau_max": 0.2}, "tau_min"),
+        ({"temperature": "fixed", "tau_min": 0.1}, "do not apply to the fixed rule"),
+        ({"epochs": 0}, "epochs must be positive"),
+        ({"batch_size": -1}, "batch_size must be positive"),
+        ({"optimizer": "adam"}, "unknown optimizer"),
+        ({"amp": "fp8"}, "unknown amp"),
+        ({"out": None}, "output folder"),
+    ],
+)
+def test_bad_settings_are_refused(changes, message, tmp_path):
+    config = dataclasses.replace(train.TrainConfig(out=str(tmp_path)), **changes)
+    with pytest.raises(ValueError, match=message):
+        config.check()
+
+
+def test_presets():
+    assert train.preset("paper-cifar10") == train.TrainConfig()
+    assert train.preset("paper-cifar100").dataset == "cifar100"
+    assert train.preset("cpu", epochs=3).model == "small"
+    assert train.preset("smoke", epochs=3).epochs == 3
+    with pytest.raises(ValueError, match="unknown preset"):
+        train.preset("huge")
+
+
+def test_mixed_precision_choice(monkeypatch):
+    assert train.amp_dtype("auto", torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        train.amp_dtype("bf16", torch.device("cpu"))
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert train.amp_dtype("auto", cuda) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert train.amp_dtype("auto", cuda) == torch.float16  # a T4: fp16 with a GradScaler
+    assert train.amp_dtype("off", cuda) is None
+
+
+# ----------------------------------------------------------------------------- schedule, LARS
+
+
+def test_cosine_schedule_with_warmup():
+    lr = [optim.cosine_lr(step, 10, 1.0, warmup_steps=4) for step in range(10)]
+    assert lr[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    # after the warm-up p = (step - 4) / 6
+    assert lr[4:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
+    assert optim.cosine_lr(0, 10, 0.2) == pytest.approx(0.2)
+    assert optim.cosine_lr(5, 10, 0.2) == pytest.approx(0.1)
+
+
+def test_lars_step_by_hand():
+    weight = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # norm 5
+    bias = torch.nn.Parameter(torch.tensor([1.0]))
+    weight.grad = torch.tensor([[0.0, 1.0]])
+    bias.grad = torch.tensor([2.0])
+    optimizer = optim.LARS(
+        [weight, bias], lr=0.5, momentum=0.9, weight_decay=0.1, trust_coefficient=0.01
+    )
+    optimizer.step()
+    update = torch.tensor([[0.3, 1.4]])  # g + wd w
+    ratio = 0.01 * 5.0 / update.norm()
+    torch.testing.assert_close(weight.detach(), torch.tensor([[3.0, 4.0]]) - 0.5 * ratio * update)
+    torch.testing.assert_close(bias.detach(), torch.tensor([1.0 - 0.5 * 2.0]))  # no decay, no ratio
+    bias.grad = torch.tensor([1.0])
+    optimizer.step()  # momentum: buffer = 0.9 * 2 + 1
+    torch.testing.assert_close(bias.detach(), torch.tensor([0.0 - 0.5 * 2.8]))
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def test_a_run_writes_its_files(fake_root, tmp_path):
+    out = tmp_path / "run"
+    results = train.train(tiny(fake_root, out, eval_every=1))
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "results.json",
+    }
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert all("knn_top1" in m and math.isfinite(m["loss"]) for m in lines)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert results["knn_top1"] > 50  # ten classes: chance is 10 %
+    assert results["epochs"] == 2
+    assert results["temperature"]["rule"] == "DySTreSS(tau_min=0.1, tau_max=0.2)"
+    source = results["provenance"]
+    assert source["torch"] == torch.__version__
+    assert (
+        source["dataset"]["name"] == "cifar10" and len(source["dataset"]["train_fingerprint"]) == 64
+    )
+    assert source["config"]["out"] == str(out)
+    for key in ("git_commit", "machine", "wall_time_s", "command"):
+        assert key in source
+    # The last learning rate is that of the last step of the cosine schedule.
+    assert lines[-1]["lr"] == pytest.approx(optim.cosine_lr(9, 10, 0.2))
+
+
+def test_rerunning_a_finished_run_returns_its_results(fake_root, tmp_path):
+    config = tiny(fake_root, tmp_path / "run", epochs=1)
+    first = train.train(config)
+    checkpoint = (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns
+    assert train.train(config) == json.loads(json.dumps(first))
+    assert (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns == checkpoint
+
+
+def test_a_folder_with_another_config_is_refused_unless_forced(fake_root, tmp_path):
+    train.train(tiny(fake_root, tmp_path / "run", epochs=1))
+    other = tiny(fake_root, tmp_path / "run", epochs=1, lr=0.1)
+    with pytest.raises(ValueError, match=r"different config \(lr 0.2 -> 0.1\).*--force"):
+        train.train(other)
+    results = train.train(dataclasses.replace(other, force=True))
+    assert results["provenance"]["config"]["lr"] == 0.1
+
+
+def test_batch_larger_than_the_dataset_is_refused(fake_root, tmp_path):
+    with pytest.raises(ValueError, match="batch size 300 .* exceeds the 200 training images"):
+        train.train(tiny(fake_root, tmp_path / "run", batch_size=300))
+
+
+def test_missing_data_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        train.train(tiny(tmp_path / "nowhere", tmp_path / "run"))
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
+    fake_root, tmp_path, monkeypatch
+):
+    real_ntxent = train.ntxent
+    calls = []
+
+    def failing_ntxent(*args, **kwargs):
+        calls.append(1)
+        loss = real_ntxent(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 8 else loss  # step 7, in epoch 2
+
+    monkeypatch.setattr(train, "ntxent", failing_ntxent)
+    out = tmp_path / "run"
+    with pytest.raises(train.NonFiniteLossError, match="not finite at step 7.*epoch 1"):
+        train.train(tiny(fake_root, out, epochs=3))  # 5 steps an epoch
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (out / "results.json").exists()
+
+
+def _command(root: Path, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dyntemp",
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        str(root),
+        "--model",
+        "small",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "20",
+        "--knn-k",
+        "20",
+        "--projector-hidden-dim",
+        "64",
+        "--projector-dim",
+        "32",
+        "--momentum",
+        "0.9",
+        "--out",
+        str(out),
+    ]
+
+
+def test_a_killed_run_resumes_to_the_identical_result(fake_root, tmp_path):
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(
+        _command(fake_root, whole),
+        check=True,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    process = subprocess.Popen(
+        _command(fake_root, killed),
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    for line in process.stdout:
+        if line.startswith("epoch 1/4"):  # printed after the epoch's checkpoint is written
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed / "results.json").exists()  # it did not finish
+    assert torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"] < 4
+    subprocess.run(
+        _command(fake_root, killed),
+        check=True,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)
+    b = torch.load(killed / "checkpoint.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in ("optimizer",):
+        for state_a, state_b in zip(
+            a[key]["state"].values(), b[key]["state"].values(), strict=True
+        ):
+            assert torch.equal(state_a["momentum_buffer"], state_b["momentum_buffer"])
+
+    def metrics(folder):
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        timing = ("images_per_s", "seconds")
+        return [{k: v for k, v in json.loads(x).items() if k not in timing} for x in lines]
+
+    assert metrics(whole) == metrics(killed)
+    assert len(metrics(whole)) == 4
+    results = [json.loads((f / "results.json").read_text()) for f in (whole, killed)]
+    assert results[0]["knn_top1"] == results[1]["knn_top1"]
