@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
 import sys
+import types
+import typing
 
 BENCHMARKS = ("loss", "augment", "train")
 
@@ -15,9 +19,112 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
     return module.main(rest)
 
 
+def _train(args: argparse.Namespace, rest: list[str]) -> int:
+    from dyntemp import train
+
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(train.TrainConfig)
+        if hasattr(args, f.name)
+    }
+    config = train.preset(args.preset, **given) if args.preset else train.TrainConfig(**given)
+    command = shlex.join(["python", "-m", "dyntemp", *args.argv])
+    results = train.train(config, command=command)
+    if results.get("knn_top1") is not None:
+        print(
+            f"kNN top-1 {results['knn_top1']:.2f} % after {results['epochs']} epochs; "
+            f"results in {config.out}/results.json"
+        )
+    return 0
+
+
+def _eval(args: argparse.Namespace, rest: list[str]) -> int:
+    from dyntemp import runs
+
+    metrics = runs.evaluate_run(
+        args.run_dir,
+        linear=args.linear,
+        device=args.device,
+        data_root=args.data_root,
+        batch_size=args.batch_size,
+    )
+    print(runs.summary(metrics))
+    print(f"written to {args.run_dir}/{runs.EVAL_FILE}")
+    return 0
+
+
+def _field_type(annotation: typing.Any) -> type:
+    """``int`` for ``int`` and ``int | None``, and so on."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return inner
+    return annotation
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, named after it; absent flags keep the default."""
+    from dyntemp.train import PRESETS, TrainConfig
+
+    parser.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        help="named settings; the other flags change them",
+    )
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kind = _field_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        text = f.metadata.get("help", "")
+        if kind is bool:
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f"{text} (default: {default})",
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                type=kind,
+                default=argparse.SUPPRESS,
+                metavar=f.name.upper(),
+                help=f"{text} (default: {default})",
+            )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dyntemp", description=__doc__)
+    parser = _Parser(prog="python -m dyntemp", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train",
+        help="train a model; rerun the same command to resume",
+        description="Train SimCLR with a temperature rule; writes config.json, checkpoint.pt, "
+        "metrics.jsonl and results.json into --out. Rerunning the command resumes the run.",
+    )
+    _add_config_flags(train)
+    train.set_defaults(handler=_train)
+    evaluate = commands.add_parser(
+        "eval",
+        help="all metrics of a finished run",
+        description="kNN accuracies, alignment, uniformity, tolerance, inter-class uniformity "
+        "and similarity histograms of a run's backbone; writes RUN_DIR/eval.json.",
+    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--linear", action="store_true", help="also train a linear probe")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--data-root", default=None, help="data folder, if it moved")
+    evaluate.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
+    evaluate.set_defaults(handler=_eval)
     bench = commands.add_parser("bench", help="benchmarks, side by side in one run")
     bench.add_argument("what", choices=BENCHMARKS)
     bench.set_defaults(handler=_bench)
@@ -25,15 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    args.argv = argv
     if rest and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from dyntemp.train import NonFiniteLossError
+
     try:
         return args.handler(args, rest)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

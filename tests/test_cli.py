@@ -1,0 +1,126 @@
+"""The command line: train and eval end to end, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fake_cifar import write_fake_cifar10
+
+from dyntemp.__main__ import main
+
+TINY = (
+    "--model small --epochs 1 --batch-size 40 --knn-k 20 --projector-hidden-dim 64 "
+    "--projector-dim 32 --no-progress"
+).split()
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory) -> Path:
+    return write_fake_cifar10(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(fake_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(["train", "--data-root", str(fake_root), *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_results_and_prints_the_accuracy(finished_run, capsys):
+    results = json.loads((finished_run / "results.json").read_text())
+    assert results["knn_top1"] > 50
+    assert results["provenance"]["command"].startswith("python -m dyntemp train --data-root")
+
+
+def test_presets_and_flags_combine(fake_root, tmp_path, capsys):
+    out = tmp_path / "smoke"
+    options = "--preset smoke --subset 100 --test-subset 50 --batch-size 50 --epochs 1"
+    options += " --no-progress --temperature fixed --tau 0.5"
+    code = main(["train", *options.split(), "--data-root", str(fake_root), "--out", str(out)])
+    assert code == 0
+    assert "kNN top-1" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["model"], config["subset"], config["epochs"]) == ("small", 100, 1)
+    assert (config["temperature"], config["tau"]) == ("fixed", 0.5)
+    results = json.loads((out / "results.json").read_text())
+    assert results["temperature"]["rule"] == "Fixed(tau=0.5)"
+    assert results["provenance"]["dataset"]["train_images"] == 100
+
+
+def test_eval_computes_every_metric(finished_run, capsys):
+    assert main(["eval", str(finished_run), "--linear", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "weighted kNN top-1" in printed and "tolerance" in printed
+    metrics = json.loads((finished_run / "eval.json").read_text())
+    results = json.loads((finished_run / "results.json").read_text())
+    assert metrics["knn_top1"] == pytest.approx(results["knn_top1"])
+    assert set(metrics["knn_majority_top1"]) == {"1", "10", "200"}
+    assert 0 <= metrics["alignment"] <= 4
+    assert -4 <= metrics["uniformity"] <= 0 and -4 <= metrics["inter_class_uniformity"] <= 0
+    assert -1 <= metrics["tolerance"] <= 1
+    assert 0 <= metrics["linear_top1"] <= 100
+    histograms = metrics["histograms"]
+    assert sum(histograms["positive"]) == 100  # one per test image
+    assert sum(histograms["same_class"]) == 10 * (10 * 9 // 2)
+    assert sum(histograms["other_class"]) == 100 * 99 // 2 - 10 * (10 * 9 // 2)
+
+
+def exit_code(arguments: list[str]) -> int:
+    """What ``python -m dyntemp ARGUMENTS`` exits with (argparse's own errors exit directly)."""
+    try:
+        return main(arguments)
+    except SystemExit as stop:
+        return stop.code
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--model", "vgg"], "unknown model 'vgg'"),
+        (["--temperature", "warm"], "unknown temperature rule 'warm'"),
+        (["--tau-min", "0.3", "--tau-max", "0.2"], "tau_min"),
+        (["--epochs", "0"], "epochs must be positive"),
+        (["--batch-size", "0"], "batch_size must be positive"),
+        (["--batch-size", "500"], "exceeds the 200 training images"),
+        (["--epochs", "x"], "invalid int value"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(arguments, message, fake_root, tmp_path, capsys):
+    command = ["train", "--data-root", str(fake_root), *TINY, "--out", str(tmp_path / "r")]
+    assert exit_code([*command, *arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: ") and message in error
+
+
+def test_missing_data_names_the_folder(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["train", "--data-root", str(missing), *TINY, "--out", str(tmp_path / "r")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and str(missing) in error and error.count("\n") == 1
+
+
+def test_an_output_folder_of_another_run_is_refused(finished_run, fake_root, capsys):
+    command = ["train", "--data-root", str(fake_root), *TINY, "--out", str(finished_run)]
+    assert main([*command, "--lr", "0.5"]) == 2
+    error = capsys.readouterr().err
+    assert "different config (lr 0.2 -> 0.5)" in error and "--force" in error
+
+
+def test_eval_of_a_folder_without_a_run(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "holds no training run" in capsys.readouterr().err
+
+
+def test_the_real_entry_point_prints_no_traceback(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "-m", "dyntemp", "train", "--model", "vgg", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert process.returncode == 2
+    assert process.stderr == "error: unknown model 'vgg'; choose one of resnet18, resnet50, small\n"
