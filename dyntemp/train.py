@@ -439,6 +439,8 @@ def _train(config: TrainConfig, context: distributed.Context, command: str | Non
     model = build_model(config).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if context.distributed:  # before the optimizer: the conversion makes new parameters
+        model = distributed.sync_batchnorm(model, device)
     optimizer = optim.build_optimizer(
         config.optimizer,
         model.parameters(),
@@ -466,7 +468,6 @@ def _train(config: TrainConfig, context: distributed.Context, command: str | Non
 
     step_model: nn.Module = model
     if context.distributed:
-        step_model = distributed.sync_batchnorm(step_model, device)
         step_model = nn.parallel.DistributedDataParallel(
             step_model, device_ids=[device.index] if device.type == "cuda" else None
         )

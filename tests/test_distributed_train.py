@@ -1,0 +1,68 @@
+"""torchrun on CPU (gloo): two processes train, and equal one process with the whole batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fake_cifar import write_fake_cifar10
+
+from dyntemp import train
+
+OPTIONS = (
+    "--model small --epochs 1 --knn-k 5 --projector-hidden-dim 64 --projector-dim 32 "
+    "--no-progress --momentum 0.9"
+).split()
+
+
+def run(root: Path, out: Path, processes: int, batch_size: int) -> dict:
+    command = ["-m", "dyntemp", "train", *OPTIONS, "--data-root", str(root)]
+    command += ["--batch-size", str(batch_size), "--out", str(out)]
+    if processes > 1:
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+        command = launcher + command
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(
+        [sys.executable, *command], env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_step_data(tmp_path_factory) -> Path:
+    # 20 training images: one step of a global batch of 16 in the epoch.
+    return write_fake_cifar10(tmp_path_factory.mktemp("data"), train_per_class=2, test_per_class=2)
+
+
+def test_two_processes_with_batch_b_equal_one_with_batch_2b(one_step_data, tmp_path):
+    single = run(one_step_data, tmp_path / "single", processes=1, batch_size=16)
+    double = run(one_step_data, tmp_path / "double", processes=2, batch_size=8)
+    assert double["provenance"]["world_size"] == 2
+    assert single["final"]["step"] == double["final"]["step"] == 1
+    assert double["final"]["loss"] == pytest.approx(single["final"]["loss"], rel=1e-5)
+    a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "double" / "checkpoint.pt", weights_only=False)["model"]
+    torch.manual_seed(0)  # the initial weights, as the trainer makes them
+    config = train.TrainConfig(model="small", projector_hidden_dim=64, projector_dim=32)
+    initial = train.build_model(config).state_dict()
+    assert a.keys() == b.keys() == initial.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+        if a[key].is_floating_point():  # every weight, bias and statistic took the step
+            assert not torch.allclose(a[key], initial[key]), key
+
+
+def test_two_processes_complete_a_run(tmp_path):
+    root = write_fake_cifar10(tmp_path / "data")
+    results = run(root, tmp_path / "run", processes=2, batch_size=20)  # 200 images: 5 steps
+    assert results["provenance"]["world_size"] == 2
+    assert results["final"]["step"] == 5
+    assert results["knn_top1"] > 50
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
