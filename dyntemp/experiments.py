@@ -1,0 +1,461 @@
+"""The book's experiments: named training configs at three scales, run once and reused.
+
+A *scale* says how big every run of the study is; ``DYNTEMP_SCALE`` chooses it, and it
+defaults to ``gpu`` when CUDA is available, else ``cpu``:
+
+- ``gpu``: the paper's CIFAR-10 setting (ResNet-18, 200 epochs, batch 128, all 50,000
+  training images); what a reader with a GPU runs;
+- ``cpu``: the ``small`` network on a class-balanced subset of CIFAR-10, a few minutes a
+  run on a 2-core CPU;
+- ``smoke``: a handful of steps, to check that every chapter runs end to end.
+
+A *config* is a name of the study (``fixed-0.2``, ``dystress-0.1-0.2``, ``macl``, ...) that
+adds the temperature rule and, for the long-tailed runs, the dataset to the scale's
+settings. ``run_or_load(name, seed, scale)`` returns the finished run in
+``results/<scale>/<name>/seed<k>/`` when that folder holds one with the same config, and
+trains it there otherwise (at ``smoke`` scale in a temporary folder, never in ``results/``).
+After training it also writes ``eval.json`` (``python -m dyntemp eval``) and
+``embedding.json``: histograms of the similarities of the projections, where the loss's
+temperature acts, and for seed 0 a 2-D t-SNE map of test images.
+
+``python -m dyntemp.experiments study cpu`` runs the whole study at one scale;
+``python -m dyntemp.experiments table cpu`` prints the table of chapter 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyntemp import train as training
+
+SCALES = ("smoke", "cpu", "gpu")
+
+# What every run of a scale shares (changes to TrainConfig's defaults, the paper's setting).
+SCALE_SETTINGS: dict[str, dict[str, Any]] = {
+    "gpu": {},
+    "cpu": {
+        "model": "small",
+        "subset": 2_500,
+        "test_subset": 2_000,
+        "epochs": 4,
+        "batch_size": 128,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "eval_every": 1,
+    },
+    "smoke": {
+        "model": "small",
+        "subset": 128,
+        "test_subset": 100,
+        "epochs": 1,
+        "batch_size": 64,
+        "eval_every": 1,
+        "knn_k": 20,
+    },
+}
+
+# The seeds of the main configs at each scale; every ablation runs seed 0 only.
+SEEDS: dict[str, tuple[int, ...]] = {"gpu": (0, 1, 2), "cpu": (0, 1, 2), "smoke": (0, 1)}
+
+# The main comparison: fixed temperatures against DySTreSS with two ranges.
+MAIN: dict[str, dict[str, Any]] = {
+    "fixed-0.1": {"temperature": "fixed", "tau": 0.1},
+    "fixed-0.2": {"temperature": "fixed", "tau": 0.2},
+    "fixed-0.5": {"temperature": "fixed", "tau": 0.5},
+    "dystress-0.1-0.2": {"temperature": "dystress", "tau_min": 0.1, "tau_max": 0.2},
+    "dystress-0.07-0.2": {"temperature": "dystress", "tau_min": 0.07, "tau_max": 0.2},
+}
+
+# Long-tailed CIFAR-10 with imbalance ratio 0.01 (5,000 images of the first class, 50 of
+# the last; 12,406 in all). Its classes are too unequal for a balanced subset, so at cpu
+# scale a long-tailed run takes all 12,406 images for one epoch: about as many steps as a
+# balanced cpu run. At smoke scale it only checks that the code runs.
+LONG_TAILED: dict[str, Any] = {"dataset": "cifar10-lt", "imbalance": 0.01}
+LONG_TAILED_SCALE: dict[str, dict[str, Any]] = {
+    "gpu": {},
+    "cpu": {"subset": None, "epochs": 1},
+    "smoke": {"subset": 250},
+}
+
+# Kukleva et al.'s schedule: one temperature for all pairs, from 1.0 down to 0.1 and back
+# with a period of 400 epochs in a 200-epoch run. The period is scaled with the run's
+# length: twice its number of epochs, so every scale sees the same half period.
+SCHEDULE: dict[str, Any] = {"temperature": "schedule", "tau_min": 0.1, "tau_max": 1.0}
+
+# The ablations, in the order in which the study runs them (most important first).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "lt-dystress-0.1-0.2": {**LONG_TAILED, **MAIN["dystress-0.1-0.2"]},
+    "lt-schedule": {**LONG_TAILED, **SCHEDULE},
+    "macl": {"temperature": "macl", "tau": 0.1, "alpha": 0.5},
+    "schedule": dict(SCHEDULE),
+    "dystress-in-graph": {**MAIN["dystress-0.1-0.2"], "detach_temperature": False},
+    "shifted": {
+        "temperature": "shifted",
+        "tau_min": 0.1,
+        "tau_max": 0.2,
+        "shift": -0.4,
+        "width": 0.7,
+    },
+    "linear": {"temperature": "linear", "tau_min": 0.1, "tau_max": 0.2},
+    "exponential": {"temperature": "exponential", "tau_min": 0.1, "tau_max": 0.2, "rate": 3.5},
+    "dystress-0.07-0.1": {"temperature": "dystress", "tau_min": 0.07, "tau_max": 0.1},
+    "lt-fixed-0.2": {**LONG_TAILED, **MAIN["fixed-0.2"]},
+}
+
+CONFIGS: dict[str, dict[str, Any]] = {**MAIN, **ABLATIONS}
+
+# Short labels for tables and legends.
+LABELS: dict[str, str] = {
+    "fixed-0.1": "fixed τ = 0.1",
+    "fixed-0.2": "fixed τ = 0.2",
+    "fixed-0.5": "fixed τ = 0.5",
+    "dystress-0.1-0.2": "DySTreSS (0.1, 0.2)",
+    "dystress-0.07-0.2": "DySTreSS (0.07, 0.2)",
+    "lt-dystress-0.1-0.2": "CIFAR-10-LT, DySTreSS (0.1, 0.2)",
+    "lt-schedule": "CIFAR-10-LT, Kukleva schedule",
+    "lt-fixed-0.2": "CIFAR-10-LT, fixed τ = 0.2",
+    "macl": "MACL (τ0 = 0.1, α = 0.5)",
+    "schedule": "Kukleva schedule (0.1, 1.0)",
+    "dystress-in-graph": "DySTreSS (0.1, 0.2), τ in the graph",
+    "shifted": "shifted DySTreSS (Δs = -0.4, k = 0.7)",
+    "linear": "linear (0.1, 0.2)",
+    "exponential": "exponential (0.1, 0.2, c = 3.5)",
+    "dystress-0.07-0.1": "DySTreSS (0.07, 0.1)",
+}
+
+# Numbers reported by the paper (weighted 200-NN top-1 %, ResNet-18, 200 epochs), quoted
+# from reviews of it; no seeds or spreads are reported. The paper does not say which range
+# its CIFAR-10 DySTreSS number used; the official CIFAR script defaults to (0.07, 0.2).
+REPORTED: dict[str, tuple[str, float]] = {
+    "fixed-0.2": ("SimCLR, CIFAR-10", 83.65),
+    "macl": ("MACL, CIFAR-10", 84.85),
+    "dystress-0.07-0.2": ("DySTreSS, CIFAR-10", 85.68),
+    "lt-schedule": ("Kukleva et al., CIFAR-10-LT", 62.91),
+    "lt-dystress-0.1-0.2": ("DySTreSS, CIFAR-10-LT", 64.98),
+}
+
+EMBEDDING_FILE = "embedding.json"
+MAP_POINTS = 1_000  # test images in the 2-D map
+# Config fields that may differ between two runs of the same experiment.
+_NOT_COMPARED = ("out", "force", "progress", "data_root", "download", "compile")
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def default_scale() -> str:
+    """``DYNTEMP_SCALE`` if set, else ``gpu`` with CUDA and ``cpu`` without."""
+    scale = os.environ.get("DYNTEMP_SCALE") or ("gpu" if torch.cuda.is_available() else "cpu")
+    return check_scale(scale)
+
+
+def check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    return scale
+
+
+def settings(name: str, scale: str) -> dict[str, Any]:
+    """The TrainConfig fields of config ``name`` at ``scale`` that differ from the defaults."""
+    check_scale(scale)
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
+    fields = {**SCALE_SETTINGS[scale], **CONFIGS[name]}
+    if fields.get("dataset") == LONG_TAILED["dataset"]:
+        fields.update(LONG_TAILED_SCALE[scale])
+    if fields.get("temperature") == "schedule":
+        fields["period"] = 2.0 * fields.get("epochs", training.TrainConfig.epochs)
+    defaults = training.TrainConfig()
+    return {k: v for k, v in fields.items() if getattr(defaults, k) != v}
+
+
+def config(name: str, seed: int = 0, scale: str | None = None, **changes: Any):
+    """The TrainConfig of run ``seed`` of config ``name`` at ``scale``, writing into its folder."""
+    scale = default_scale() if scale is None else check_scale(scale)
+    fields = {"out": str(run_dir(name, seed, scale)), "seed": seed, "progress": False}
+    return training.TrainConfig(**{**fields, **settings(name, scale), **changes})
+
+
+def seeds(name: str, scale: str) -> tuple[int, ...]:
+    """The seeds the study runs for ``name``: all of the scale's for the main configs."""
+    return SEEDS[check_scale(scale)] if name in MAIN else SEEDS[scale][:1]
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def repository_root() -> Path:
+    """The checkout holding this package (where ``results/`` lives), else the current folder."""
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def results_root() -> Path:
+    return repository_root() / "results"
+
+
+_smoke_root: Path | None = None
+
+
+def smoke_root() -> Path:
+    """Where smoke-scale runs go: ``DYNTEMP_SMOKE_DIR`` if set, else a temporary folder."""
+    global _smoke_root
+    if os.environ.get("DYNTEMP_SMOKE_DIR"):
+        return Path(os.environ["DYNTEMP_SMOKE_DIR"])
+    if _smoke_root is None:
+        _smoke_root = Path(tempfile.mkdtemp(prefix="dyntemp-smoke-"))
+    return _smoke_root
+
+
+def run_dir(name: str, seed: int, scale: str) -> Path:
+    """``results/<scale>/<name>/seed<k>`` (a temporary folder at smoke scale)."""
+    base = smoke_root() if check_scale(scale) == "smoke" else results_root() / scale
+    return base / name / f"seed{seed}"
+
+
+def relative(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository root, with forward slashes (for links and text)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(repository_root()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def train_command(cfg) -> str:
+    """The ``python -m dyntemp train`` command line that trains ``cfg``."""
+    defaults = training.TrainConfig()
+    out = cfg.out if not Path(cfg.out).is_absolute() else relative(cfg.out)
+    words = ["python", "-m", "dyntemp", "train", "--out", out]
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in ("out", "progress") or value == getattr(defaults, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(words)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def finished(folder: str | os.PathLike, cfg=None) -> bool:
+    """True if ``folder`` holds a finished run (of ``cfg``, when given)."""
+    folder = Path(folder)
+    if (
+        not (folder / training.RESULTS_FILE).exists()
+        or not (folder / training.CONFIG_FILE).exists()
+    ):
+        return False
+    saved = json.loads((folder / training.CONFIG_FILE).read_text())["config"]
+    results = json.loads((folder / training.RESULTS_FILE).read_text())
+    if results.get("epochs") != saved.get("epochs"):
+        return False
+    return cfg is None or same_config(saved, dataclasses.asdict(cfg))
+
+
+def same_config(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """True if two configs describe the same run; a field that one of them lacks (saved by
+    an older or newer version) counts as its default."""
+    defaults = dataclasses.asdict(training.TrainConfig())
+    keys = (set(saved) | set(wanted)) - set(_NOT_COMPARED)
+    missing = object()
+    return all(
+        saved.get(k, defaults.get(k, missing)) == wanted.get(k, defaults.get(k, missing))
+        for k in keys
+    )
+
+
+def load(folder: str | os.PathLike) -> dict[str, Any]:
+    """A finished run: its config, results, per-epoch metrics and, if present, evaluations."""
+    folder = Path(folder)
+    run: dict[str, Any] = {
+        "folder": folder,
+        "config": json.loads((folder / training.CONFIG_FILE).read_text())["config"],
+        "results": json.loads((folder / training.RESULTS_FILE).read_text()),
+        "metrics": [
+            json.loads(line) for line in (folder / training.METRICS_FILE).read_text().splitlines()
+        ],
+    }
+    for key, file in (("eval", "eval.json"), ("embedding", EMBEDDING_FILE)):
+        path = folder / file
+        run[key] = json.loads(path.read_text()) if path.exists() else None
+    return run
+
+
+def run_or_load(
+    name: str, seed: int = 0, scale: str | None = None, *, evaluate: bool = True
+) -> dict[str, Any]:
+    """The finished run ``seed`` of config ``name`` at ``scale``: loaded, or trained first.
+
+    A folder holding a run of another config is an error (never overwritten). After
+    training, ``evaluate`` also writes ``eval.json`` and ``embedding.json``.
+    """
+    scale = default_scale() if scale is None else check_scale(scale)
+    cfg = config(name, seed, scale)
+    folder = Path(cfg.out)
+    if not finished(folder, cfg):
+        if scale != "smoke":  # a relative folder keeps machine paths out of the files
+            cfg = dataclasses.replace(cfg, out=os.path.relpath(folder))
+        training.train(cfg, command=train_command(dataclasses.replace(cfg, out=relative(folder))))
+    if evaluate and not (folder / "eval.json").exists():
+        evaluate_folder(folder, tsne=seed == 0 and name in MAIN)
+    return load(folder)
+
+
+def evaluate_folder(folder: str | os.PathLike, *, tsne: bool = True) -> None:
+    """Write ``eval.json`` and ``embedding.json`` for the trained run in ``folder``."""
+    from dyntemp import data, evaluate, runs
+
+    folder = Path(folder)
+    runs.evaluate_run(folder, device="auto")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg, model, _ = runs.load_run(folder, device)
+    _, test_set = training.load_data(cfg)
+    augment = training.build_augment(cfg, test_set.images.shape[-1])
+    view1, view2 = evaluate.extract_view_features(
+        model, test_set.images, augment, seed=cfg.seed, device=device
+    )
+    histograms = evaluate.similarity_histograms(view1, view2, test_set.labels)
+    embedding: dict[str, Any] = {
+        "projector_histograms": {k: v.tolist() for k, v in histograms.items()},
+        "test_images": len(test_set),
+    }
+    if tsne:
+        points = data.balanced_subset(test_set, min(MAP_POINTS, len(test_set)))
+        features = evaluate.extract_features(model.backbone, points.images, augment, device=device)
+        embedding["tsne"] = {**tsne_map(features), "labels": points.labels.tolist()}
+        embedding["classes"] = list(test_set.classes)
+    text = json.dumps(embedding, separators=(",", ":")) + "\n"
+    (folder / EMBEDDING_FILE).write_text(text)
+
+
+def tsne_map(features: torch.Tensor, seed: int = 0) -> dict[str, list[float]]:
+    """A 2-D t-SNE of L2-normalised features (scikit-learn, PCA start, fixed seed)."""
+    from sklearn.manifold import TSNE
+
+    points = torch.nn.functional.normalize(features.double(), dim=1).cpu().numpy()
+    perplexity = min(30.0, (len(points) - 1) / 3)
+    tsne = TSNE(2, perplexity=perplexity, init="pca", max_iter=500, random_state=seed)
+    xy = tsne.fit_transform(points)
+    return {
+        "x": [round(float(v), 3) for v in xy[:, 0]],
+        "y": [round(float(v), 3) for v in xy[:, 1]],
+    }
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def collect(
+    names: Iterable[str], scale: str, *, train: bool = False
+) -> dict[str, list[dict[str, Any]]]:
+    """The finished runs of each config (all its seeds); with ``train``, missing ones are run."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        found[name] = []
+        for seed in seeds(name, scale):
+            if train:
+                found[name].append(run_or_load(name, seed, scale))
+            elif finished(run_dir(name, seed, scale), config(name, seed, scale)):
+                found[name].append(load(run_dir(name, seed, scale)))
+    return found
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def results_table(scale: str, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """One row per config with finished runs: our kNN top-1 (mean, spread) and the paper's.
+
+    Each row: ``name``, ``label``, ``seeds``, ``knn_top1`` (one value per seed), ``mean``,
+    ``spread`` (sample standard deviation over seeds), ``folders`` (relative to the
+    repository root) and ``reported`` (the paper's number, or None) with ``reported_as``.
+    """
+    rows = []
+    for name, found in collect(CONFIGS if names is None else names, scale).items():
+        if not found:
+            continue
+        accuracies = [run["results"]["knn_top1"] for run in found]
+        mean, spread = mean_and_spread(accuracies)
+        reported_as, reported = REPORTED.get(name, (None, None))
+        rows.append(
+            {
+                "name": name,
+                "label": LABELS[name],
+                "seeds": [run["config"]["seed"] for run in found],
+                "knn_top1": accuracies,
+                "mean": mean,
+                "spread": spread,
+                "folders": [relative(run["folder"]) for run in found],
+                "reported": reported,
+                "reported_as": reported_as,
+            }
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def study(scale: str, names: Sequence[str] | None = None) -> None:
+    """Run every config of the study at ``scale``: the main configs seed by seed, then the
+    ablations; finished runs are skipped, so a stopped study resumes where it stopped."""
+    names = list(CONFIGS) if names is None else list(names)
+    main = [n for n in names if n in MAIN]
+    order = [(n, s) for s in SEEDS[scale] for n in main]
+    order += [(n, s) for n in names if n not in MAIN for s in seeds(n, scale)]
+    for index, (name, seed) in enumerate(order, 1):
+        print(f"[{index}/{len(order)}] {name} seed {seed}", flush=True)
+        run = run_or_load(name, seed, scale)
+        wall = run["results"]["provenance"]["wall_time_s"]
+        print(f"  kNN top-1 {run['results']['knn_top1']:.2f} %, {wall:.0f} s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dyntemp.experiments", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("study", help="run (or resume) the study at one scale")
+    run.add_argument("scale", choices=SCALES)
+    run.add_argument("names", nargs="*", help="only these configs (default: all)")
+    table = commands.add_parser("table", help="print the results table of one scale")
+    table.add_argument("scale", choices=SCALES)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "study":
+            study(args.scale, args.names or None)
+        else:
+            for row in results_table(args.scale):
+                mean, spread, n = row["mean"], row["spread"], len(row["seeds"])
+                print(f"{row['label']:<42} {mean:6.2f} ± {spread:.2f}  n={n}")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
