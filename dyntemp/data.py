@@ -68,8 +68,11 @@ _CIFAR = {  # torchvision's on-disk layout
     },
 }
 _STL10_FOLDER = "stl10_binary"
-_STL10_FILES = {"train": ("train_X.bin", "train_y.bin"), "test": ("test_X.bin", "test_y.bin"),
-                "unlabeled": ("unlabeled_X.bin", None)}
+_STL10_FILES = {
+    "train": ("train_X.bin", "train_y.bin"),
+    "test": ("test_X.bin", "test_y.bin"),
+    "unlabeled": ("unlabeled_X.bin", None),
+}
 
 
 @dataclass
@@ -87,8 +90,10 @@ class ImageDataset:
 
     def __repr__(self) -> str:
         shape = "x".join(str(d) for d in self.images.shape[1:])
-        return (f"ImageDataset({self.name!r}, {len(self)} images of {shape}, "
-                f"{len(self.classes)} classes)")
+        return (
+            f"ImageDataset({self.name!r}, {len(self)} images of {shape}, "
+            f"{len(self.classes)} classes)"
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -99,8 +104,9 @@ class ImageDataset:
 
     def select(self, index: torch.Tensor, name: str | None = None) -> ImageDataset:
         """The images at ``index`` (in that order), as a new dataset."""
-        return ImageDataset(self.images[index], self.labels[index], list(self.classes),
-                            name or self.name)
+        return ImageDataset(
+            self.images[index], self.labels[index], list(self.classes), name or self.name
+        )
 
 
 def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -211,8 +217,10 @@ def balanced_subset(dataset: ImageDataset, n: int) -> ImageDataset:
         quota = n // len(groups) + (g < n % len(groups))
         members = torch.nonzero(dataset.labels == label).flatten()
         if len(members) < quota:
-            raise ValueError(f"subset={n} needs {quota} images of class {label}, "
-                             f"{dataset.name} has {len(members)}")
+            raise ValueError(
+                f"subset={n} needs {quota} images of class {label}, "
+                f"{dataset.name} has {len(members)}"
+            )
         keep.append(members[:quota])
     return dataset.select(torch.sort(torch.cat(keep)).values)
 
@@ -226,14 +234,17 @@ def _load_cifar(name: str, root: Path, split: str, download: bool, cache: bool) 
     if not folder.is_dir() and (root / split).is_dir():
         dataset = load_image_folder(root, split, cache=cache, name=name)
         if len(dataset.classes) != layout["classes"]:
-            raise ValueError(f"{root / split} has {len(dataset.classes)} class folders, "
-                             f"{name} has {layout['classes']}")
+            raise ValueError(
+                f"{root / split} has {len(dataset.classes)} class folders, "
+                f"{name} has {layout['classes']}"
+            )
         return dataset
     if not folder.is_dir() and download:
         import torchvision
 
-        dataset_class = torchvision.datasets.CIFAR10 if name == "cifar10" else (
-            torchvision.datasets.CIFAR100)
+        dataset_class = (
+            torchvision.datasets.CIFAR10 if name == "cifar10" else (torchvision.datasets.CIFAR100)
+        )
         dataset_class(str(root), train=split == "train", download=True)
     files = [folder / f for f in layout[split]] + [folder / layout["meta"][0]]
     missing = [f for f in files if not f.is_file()]
@@ -253,8 +264,12 @@ def _load_cifar(name: str, root: Path, split: str, download: bool, cache: bool) 
         except (KeyError, ValueError) as error:
             raise ValueError(f"{path} is not a {name} batch: {error!r}") from None
     classes = list(_read_pickle(files[-1])[layout["meta"][1]])
-    return ImageDataset(torch.from_numpy(np.concatenate(images)),
-                        torch.from_numpy(np.concatenate(labels)), classes, name)
+    return ImageDataset(
+        torch.from_numpy(np.concatenate(images)),
+        torch.from_numpy(np.concatenate(labels)),
+        classes,
+        name,
+    )
 
 
 def _read_pickle(path: Path) -> dict:
@@ -272,7 +287,8 @@ def _load_stl10(root: Path, split: str, download: bool) -> ImageDataset:
     folder = root / _STL10_FOLDER
     parts = split.split("+")
     needed = [folder / "class_names.txt"] + [
-        folder / f for part in parts for f in _STL10_FILES[part] if f is not None]
+        folder / f for part in parts for f in _STL10_FILES[part] if f is not None
+    ]
     if download and not all(f.is_file() for f in needed):
         import torchvision
 
@@ -298,8 +314,9 @@ def _load_stl10(root: Path, split: str, download: bool) -> ImageDataset:
         else:
             y = torch.from_numpy(np.fromfile(folder / label_file, dtype=np.uint8))
             if len(y) != len(images[-1]):
-                raise ValueError(f"{folder / label_file} has {len(y)} labels for "
-                                 f"{len(images[-1])} images")
+                raise ValueError(
+                    f"{folder / label_file} has {len(y)} labels for {len(images[-1])} images"
+                )
             labels.append(y.to(torch.int64) - 1)
     classes = [line for line in (folder / "class_names.txt").read_text().splitlines() if line]
     return ImageDataset(torch.cat(images).contiguous(), torch.cat(labels), classes, "stl10")
@@ -322,8 +339,9 @@ def load_image_folder(
         if not root.is_dir():
             raise FileNotFoundError(f"{name}: no folder {root}; set root or DYNTEMP_DATA")
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] != ".")
-        raise ValueError(f"{name} has no split {split!r} under {root}; "
-                         f"found: {', '.join(found) or 'no folders'}")
+        raise ValueError(
+            f"{name} has no split {split!r} under {root}; found: {', '.join(found) or 'no folders'}"
+        )
     classes, files, labels, listing = _list_image_files(top)
     key = f"format {_CACHE_FORMAT}, size {size}, files {listing}"
     cache_name = f"{split}-{size or 'native'}.pt"
@@ -352,8 +370,11 @@ def _list_image_files(top: Path) -> tuple[list[str], list[str], list[int], str]:
     files, labels, versions = [], [], []
     for label, name in enumerate(classes):
         entries = sorted(
-            (e for e in os.scandir(top / name)
-             if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file()),
+            (
+                e
+                for e in os.scandir(top / name)
+                if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file()
+            ),
             key=lambda e: e.name,
         )
         if not entries:
@@ -386,9 +407,11 @@ def _read_cache(
             entry = torch.load(path, map_location="cpu", weights_only=True)
             images, cached_labels = entry["images"], entry["labels"]
             valid = (
-                entry["format"] == _CACHE_FORMAT and entry["key"] == key
+                entry["format"] == _CACHE_FORMAT
+                and entry["key"] == key
                 and entry["classes"] == classes
-                and images.dtype == torch.uint8 and images.dim() == 4
+                and images.dtype == torch.uint8
+                and images.dim() == 4
                 and images.shape[:2] == (len(labels), 3)
                 and torch.equal(cached_labels, torch.tensor(labels, dtype=torch.int64))
                 and len(entry["fingerprint"]) == 64
@@ -401,9 +424,14 @@ def _read_cache(
 
 
 def _write_cache(root: Path, file_name: str, key: str, dataset: ImageDataset) -> None:
-    entry = {"format": _CACHE_FORMAT, "key": key, "classes": dataset.classes,
-             "images": dataset.images, "labels": dataset.labels,
-             "fingerprint": dataset.fingerprint}
+    entry = {
+        "format": _CACHE_FORMAT,
+        "key": key,
+        "classes": dataset.classes,
+        "images": dataset.images,
+        "labels": dataset.labels,
+        "fingerprint": dataset.fingerprint,
+    }
     for folder in _cache_folders(root):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -425,8 +453,8 @@ def _decode_all(files: Sequence[str], size: int | None) -> torch.Tensor:
     """Decode image files to one uint8 tensor (N x 3 x H x W), JPEGs in parallel batches.
 
     Files are read in one thread (small reads gain nothing from threads); JPEGs are decoded
-    by torchvision's libjpeg-turbo in one batch per core (PIL gives the same pixels, about
-    five times slower); other formats and anything torchvision refuses go through PIL.
+    by torchvision's libjpeg-turbo, a share per core (PIL gives the same pixels, about five
+    times slower); other formats and anything torchvision refuses go through PIL.
     """
     raw = [_read_bytes(path) for path in files]
     jpeg = [i for i, data in enumerate(raw) if data[:3] == b"\xff\xd8\xff"]
@@ -434,8 +462,9 @@ def _decode_all(files: Sequence[str], size: int | None) -> torch.Tensor:
     workers = os.cpu_count() or 1
     chunks = [jpeg[i::workers] for i in range(workers)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for chunk, images in zip(chunks, pool.map(lambda c: _decode_jpegs(raw, c), chunks),
-                                 strict=True):
+        for chunk, images in zip(
+            chunks, pool.map(lambda c: _decode_jpegs(raw, c), chunks), strict=True
+        ):
             for i, image in zip(chunk, images, strict=True):
                 decoded[i] = image
     for i, image in enumerate(decoded):
@@ -448,8 +477,10 @@ def _decode_all(files: Sequence[str], size: int | None) -> torch.Tensor:
         decoded = [_resize_center(image, size) for image in decoded]
     elif len(shapes) > 1:
         (a, i), (b, j) = list(shapes.items())[:2]
-        raise ValueError(f"images differ in size: {files[i]} is {a[0]}x{a[1]}, {files[j]} is "
-                         f"{b[0]}x{b[1]}; pass size=N to resize them to N x N")
+        raise ValueError(
+            f"images differ in size: {files[i]} is {a[0]}x{a[1]}, {files[j]} is "
+            f"{b[0]}x{b[1]}; pass size=N to resize them to N x N"
+        )
     return torch.stack(decoded)
 
 
@@ -462,20 +493,25 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _decode_jpegs(raw: Sequence[bytes], index: Sequence[int]) -> list[torch.Tensor | None]:
-    """Batched JPEG decoding with torchvision (libjpeg-turbo, same pixels as PIL)."""
+    """JPEG decoding with torchvision's libjpeg-turbo (the same pixels as PIL, faster).
+
+    None for a file torchvision cannot decode (or without torchvision's decoders): PIL then
+    tries it, and names it if it cannot read it either.
+    """
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
-    except ImportError:  # a torchvision without image decoders: PIL decodes them all
+    except ImportError:
         return [None] * len(index)
-    if not index:
-        return []
-    data = [torch.frombuffer(bytearray(raw[i]), dtype=torch.uint8) for i in index]
+    decoded: list[torch.Tensor | None] = []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            return list(decode_jpeg(data, mode=ImageReadMode.RGB))
-        except RuntimeError:
-            return [None] * len(index)  # decoded one by one, to name the failing file
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated in favour of torchcodec
+        for i in index:
+            try:
+                data = torch.frombuffer(bytearray(raw[i]), dtype=torch.uint8)
+                decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB))
+            except Exception:  # any failure falls back to PIL
+                decoded.append(None)
+    return decoded
 
 
 def _decode_one(path: str, data: bytes) -> torch.Tensor:

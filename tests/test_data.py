@@ -16,8 +16,18 @@ from PIL import Image
 from dyntemp import data
 from dyntemp.data import load_dataset
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck"]
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 # CIFAR-10-LT with imbalance 0.01 as published (Cao et al., LDAM-DRW): 12,406 images.
 CIFAR10_LT_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
@@ -25,13 +35,17 @@ CIFAR10_LT_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 # -- small datasets written in each on-disk format ---------------------------------------------
 
 
-def write_cifar_pickles(root: Path, name: str, per_class: int, num_classes: int,
-                        seed: int = 0) -> dict[str, np.ndarray]:
+def write_cifar_pickles(
+    root: Path, name: str, per_class: int, num_classes: int, seed: int = 0
+) -> dict[str, np.ndarray]:
     """torchvision's CIFAR pickles with random images; returns the arrays written."""
     rng = np.random.default_rng(seed)
     if name == "cifar10":
-        folder, train_files, test_files = root / "cifar-10-batches-py", [
-            f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]
+        folder, train_files, test_files = (
+            root / "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+        )
         label_key, meta_file, meta_key = "labels", "batches.meta", "label_names"
     else:
         folder, train_files, test_files = root / "cifar-100-python", ["train"], ["test"]
@@ -42,10 +56,15 @@ def write_cifar_pickles(root: Path, name: str, per_class: int, num_classes: int,
         labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))
         images = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
         written[split], written[split + "_labels"] = images, labels
-        for part, (x, y) in enumerate(zip(np.array_split(images, len(files)),
-                                          np.array_split(labels, len(files)), strict=True)):
-            entry = {"batch_label": f"batch {part}", "data": x, label_key: y.tolist(),
-                     "filenames": [f"{i}.png" for i in range(len(y))]}
+        for part, (x, y) in enumerate(
+            zip(np.array_split(images, len(files)), np.array_split(labels, len(files)), strict=True)
+        ):
+            entry = {
+                "batch_label": f"batch {part}",
+                "data": x,
+                label_key: y.tolist(),
+                "filenames": [f"{i}.png" for i in range(len(y))],
+            }
             if name == "cifar100":
                 entry["coarse_labels"] = (y // 5).tolist()
             with open(folder / files[part], "wb") as f:
@@ -67,8 +86,14 @@ def write_stl10(root: Path, seed: int = 0) -> None:
     (folder / "class_names.txt").write_text("\n".join(f"name{c}" for c in range(10)) + "\n")
 
 
-def write_image_folder(root: Path, split: str = "train", sizes=((8, 8),), per_class: int = 3,
-                       classes=("zebra", "apple", "mango"), seed: int = 0) -> dict[str, list]:
+def write_image_folder(
+    root: Path,
+    split: str = "train",
+    sizes=((8, 8),),
+    per_class: int = 3,
+    classes=("zebra", "apple", "mango"),
+    seed: int = 0,
+) -> dict[str, list]:
     """PNG images (lossless), class folders in unsorted creation order."""
     rng = np.random.default_rng(seed)
     written = {}
@@ -150,8 +175,9 @@ def test_real_cifar10_long_tailed_counts(cifar10_root, cifar10_train):
 def test_cifar_pickles_match_torchvision_reader(tmp_path, monkeypatch, name, classes):
     written = write_cifar_pickles(tmp_path, name, per_class=3, num_classes=classes)
     trust_torchvision_checksums(monkeypatch)
-    reference_class = (torchvision.datasets.CIFAR10 if name == "cifar10"
-                       else torchvision.datasets.CIFAR100)
+    reference_class = (
+        torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    )
     for split in ("train", "test"):
         ours = load_dataset(name, root=tmp_path, split=split)
         reference = reference_class(str(tmp_path), train=split == "train")
@@ -184,7 +210,7 @@ def test_long_tailed_counts_follow_the_exponential_profile(tmp_path):
     assert all(a >= b for a, b in zip(counts, counts[1:], strict=False))
     full = load_dataset("cifar100", root=tmp_path)
     for c in (0, 50, 99):  # the first n_c images of each class, in the dataset's order
-        first = torch.nonzero(full.labels == c).flatten()[:counts[c]]
+        first = torch.nonzero(full.labels == c).flatten()[: counts[c]]
         assert torch.equal(lt.images[lt.labels == c], full.images[first])
     balanced = load_dataset("cifar100-lt", root=tmp_path, split="test")
     assert torch.bincount(balanced.labels).tolist() == [20] * 100
@@ -313,8 +339,9 @@ def test_cifar10_from_image_folders_needs_ten_classes(tmp_path, cache_home):
 def test_fingerprint_is_sha256_of_image_then_label_bytes(tmp_path, cache_home):
     write_image_folder(tmp_path)
     dataset = load_dataset("imagefolder", root=tmp_path)
-    expected = hashlib.sha256(dataset.images.numpy().tobytes()
-                              + dataset.labels.numpy().astype("<i8").tobytes()).hexdigest()
+    expected = hashlib.sha256(
+        dataset.images.numpy().tobytes() + dataset.labels.numpy().astype("<i8").tobytes()
+    ).hexdigest()
     assert dataset.fingerprint == expected
     changed = data.ImageDataset(dataset.images.clone(), dataset.labels, dataset.classes, "x")
     changed.images[0, 0, 0, 0] ^= 1
@@ -327,8 +354,9 @@ def test_subset_is_class_balanced_deterministic_and_ordered(tmp_path):
     part = load_dataset("cifar10", root=tmp_path, subset=43)
     assert torch.bincount(part.labels).tolist() == [5, 5, 5, 4, 4, 4, 4, 4, 4, 4]
     assert part.fingerprint == load_dataset("cifar10", root=tmp_path, subset=43).fingerprint
-    expected = sorted(i for c in range(10)
-                      for i in torch.nonzero(full.labels == c).flatten()[:5 if c < 3 else 4])
+    expected = sorted(
+        i for c in range(10) for i in torch.nonzero(full.labels == c).flatten()[: 5 if c < 3 else 4]
+    )
     assert torch.equal(part.images, full.images[torch.tensor(expected)])
     with pytest.raises(ValueError, match="subset"):
         load_dataset("cifar10", root=tmp_path, subset=201)
