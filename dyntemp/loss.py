@@ -97,27 +97,34 @@ class _PairwiseNTXent(torch.autograd.Function):
         top = logits.amax(dim=1)
         positive_scale = scale[rows, positive_index] if scale.dim() else scale.expand(count)
         ctx.symmetric = keys is None
-        # One process: x = s / tau is symmetric, and a symmetric shift keeps it so. Far
-        # apart row maxima (tau below ~0.01) would underflow it: then shift row by row.
-        ctx.factored = ctx.symmetric and bool(top.max() - top.min() < 160.0)
+        # One process: x = s / tau is symmetric, and a symmetric shift keeps it so. Row
+        # maxima far apart (tau below ~0.02) would underflow it: then shift row by row.
+        spread = top.max() - top.min()
+        if not decoupled:  # exp(x_ip - max x) must not underflow either
+            spread = torch.maximum(spread, 2.0 * (top.max() - positive.min()))
+        ctx.factored = ctx.symmetric and bool(spread < 160.0)
         if ctx.factored:
-            loss, weights, u, v = _factored(logits, top, positive, scale, count)
-            ctx.save_for_backward(a, a_norm, weights, u, v, positive_scale, positive_index)
+            loss, weights, u, v, miss = _factored(logits, top, positive, positive_index, decoupled)
+            # the positives' entries of G + G^T: -scale_ip (miss_i + miss_p(i)) / count
+            positive_grad = -positive_scale * (miss + miss[positive_index]) / count
+            weights.mul_(scale)
+            ctx.save_for_backward(a, a_norm, weights, u, v, positive_grad, positive_index)
         else:
-            loss, grad = _dense(logits, top, positive, scale, count)
-            grad[rows, positive_index] -= positive_scale / count
+            loss, grad, miss = _dense(logits, top, positive, positive_index)
+            grad.mul_(scale)
+            grad[rows, positive_index] = -positive_scale * miss / count
             ctx.save_for_backward(a, a_norm, k, k_norm, grad)
-        return loss
+        return loss.sum() / count
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
         grad_keys = None
         if ctx.factored:
-            a, a_norm, weights, u, v, positive_scale, positive_index = ctx.saved_tensors
+            a, a_norm, weights, u, v, positive_grad, positive_index = ctx.saved_tensors
             both = weights @ torch.cat([v[:, None] * a, u[:, None] * a], dim=1)
             dim = a.shape[1]
             grad = u[:, None] * both[:, :dim] + v[:, None] * both[:, dim:]
-            grad -= (2.0 / a.shape[0]) * positive_scale[:, None] * a[positive_index]
+            grad += positive_grad[:, None] * a[positive_index]
             grad_anchors = _normalise_backward(grad, a, a_norm)
         else:
             a, a_norm, k, k_norm, grad = ctx.saved_tensors
@@ -131,32 +138,50 @@ class _PairwiseNTXent(torch.autograd.Function):
 
 
 def _dense(
-    logits: Tensor, top: Tensor, positive: Tensor, scale: Tensor, count: int
-) -> tuple[Tensor, Tensor]:
-    """Loss and G = P * scale / count (the positives' -scale/count still to subtract)."""
+    logits: Tensor, top: Tensor, positive: Tensor, positive_index: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Row by row: the anchors' losses, P / count with the positives zeroed, and 1 - P_ip.
+
+    The positive is kept out of the row sums, so 1 - P_ip and the loss -log P_ip stay
+    accurate when P_ip is close to 1 (a nearly solved batch).
+    """
+    count, rows = logits.shape[0], torch.arange(logits.shape[0], device=logits.device)
     exp = logits.sub_(top[:, None]).exp_()  # P up to each row's sum
-    total = exp.sum(dim=1)
-    loss = (total.log() + top - positive).sum() / count
-    grad = exp.mul_(scale).mul_(total.mul_(count).reciprocal_()[:, None])
-    return loss, grad
+    pos = exp[rows, positive_index]  # 1 where the positive is the row's maximum
+    exp[rows, positive_index] = 0.0
+    negatives = exp.sum(dim=1)
+    total = negatives + pos
+    loss = torch.log1p(negatives + (pos - 1.0)) + (top - positive)
+    grad = exp.mul_(total.mul(count).reciprocal_()[:, None])
+    return loss, grad, negatives / total
 
 
 def _factored(
-    logits: Tensor, top: Tensor, positive: Tensor, scale: Tensor, count: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Loss and a symmetric factorisation of the gradient: P_ik / count = u_i q_ik v_k.
+    logits: Tensor, top: Tensor, positive: Tensor, positive_index: Tensor, decoupled: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A symmetric factorisation of the gradient: P_ik / count = u_i q_ik v_k.
 
     With h = top / 2, q_ik = exp(x_ik - h_i - h_k) <= 1 is symmetric, and so is
-    W = q * scale; then (G + G^T) z = u (W (v z)) + v (W (u z)) - 2 scale_ip z_p / count,
-    a single product of W with [v z, u z] and no transposed pass over the matrix.
+    W = q * scale (positives zeroed, they are handled apart); then
+    (G + G^T) z = u (W (v z)) + v (W (u z)) + (positives' part): a single product of W
+    with [v z, u z] and no transposed pass over the matrix. Returns the anchors' losses,
+    q, u, v and 1 - P_ip.
     """
+    count, rows = logits.shape[0], torch.arange(logits.shape[0], device=logits.device)
     half = top * 0.5
+    shift = half.max()
     q = logits.sub_(half[:, None]).sub_(half[None, :]).exp_()
-    v = (half - half.max()).exp_()
-    rowsum = q @ v  # = sum_k exp(x_ik - top_i) * v_i
-    loss = (rowsum.log() + half + half.max() - positive).sum() / count
-    u = rowsum.mul_(count).reciprocal_()
-    return loss, q.mul_(scale), u, v
+    v = (half - shift).exp_()
+    pos = q[rows, positive_index] * v[positive_index]  # exp(x_ip - h_i - max h)
+    q[rows, positive_index] = 0.0
+    negatives = q @ v  # sum over negatives of exp(x_ik - h_i - max h)
+    total = negatives + pos
+    if decoupled:
+        loss = negatives.log() + half + shift - positive
+    else:
+        loss = torch.log1p(negatives / pos)  # -log P_ip, exact also when P_ip is near 1
+    u = total.mul(count).reciprocal_()
+    return loss, q, u, v, negatives / total
 
 
 class _GatherWithGradient(torch.autograd.Function):

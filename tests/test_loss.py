@@ -224,3 +224,36 @@ def test_tiny_temperature_takes_the_row_by_row_path(detach):
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(g1.double(), e1, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(g2.double(), e2, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("decoupled", [False, True], ids=["ntxent", "dcl"])
+def test_nearly_solved_batch_keeps_float32_precision(decoupled):
+    """P_ip close to 1: the loss and its gradient stay accurate to float32's relative precision."""
+    g = torch.Generator().manual_seed(6)
+    z1 = torch.randn(16, 32, generator=g, dtype=torch.float64)
+    z2 = z1 + 0.02 * torch.randn(16, 32, generator=g, dtype=torch.float64)
+    exact = ntxent(z1.requires_grad_(), z2.requires_grad_(), 0.07, decoupled=decoupled)
+    e1 = torch.autograd.grad(exact, z1)[0]
+    a, b = (z.detach().float().requires_grad_() for z in (z1, z2))
+    loss = ntxent(a, b, 0.07, decoupled=decoupled)
+    g1 = torch.autograd.grad(loss, a)[0]
+    if not decoupled:
+        assert exact.item() < 1e-3  # the regime this test is about
+    torch.testing.assert_close(loss.double(), exact, rtol=1e-5, atol=0)
+    torch.testing.assert_close(g1.double(), e1, rtol=1e-3, atol=1e-4 * e1.abs().max().item())
+
+
+def test_far_positive_takes_the_row_by_row_path():
+    """A positive far below its row's maximum (exp would underflow) is computed row by row."""
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], requires_grad=True)
+    z2 = torch.tensor([[-1.0, 0.05], [0.05, 1.0], [0.8, 0.6]], requires_grad=True)
+    rule = T.Fixed(0.01)  # the first image's positive: x_ip = -100, its row max = +60
+    loss = ntxent(z1, z2, rule)
+    assert loss.grad_fn.factored is False
+    g1, g2 = torch.autograd.grad(loss, (z1, z2))
+    r1, r2 = (z.detach().double().requires_grad_() for z in (z1, z2))
+    expected = reference(r1, r2, rule)
+    e1, e2 = torch.autograd.grad(expected, (r1, r2))
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(g1.double(), e1, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(g2.double(), e2, rtol=1e-4, atol=1e-3)
