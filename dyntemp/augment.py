@@ -271,26 +271,17 @@ class SimCLRAugment:
         return self._standardize(x)
 
     def resized_crop(self, images: torch.Tensor, params: ViewParams) -> torch.Tensor:
-        """Crop, resize to ``size x size`` (bilinear) and flip: float32 in [0, 1].
+        """Crop, resize to ``size x size`` and flip, as torchvision's ``resized_crop``.
 
-        Bilinear resampling is separable: each output row mixes two input rows and each
-        output column two input columns, so the whole batch is ``rows @ image @ columns^T``
-        with per-image (size x H) and (size x W) weight matrices, the flip being the column
-        matrix upside down. The weights are those of torchvision's ``resized_crop`` (bilinear,
-        antialiased as torchvision does by default, which only matters for shrinking crops).
+        Returns float32 in [0, 1]. Bilinear with half-pixel centres; antialiased, as
+        torchvision is by default, which only changes crops larger than ``size`` (possible
+        only in images larger than ``size``).
         """
         height, width = images.shape[-2:]
-        batch, size = len(images), self.size
         boxes = self.boxes(params, height, width).to(torch.float32)
-        no_flip = torch.zeros_like(params.flip)
-        rows = _interpolation_matrix(boxes[:, 0], boxes[:, 2], height, size, no_flip, 1 / 255)
-        columns = _interpolation_matrix(boxes[:, 1], boxes[:, 3], width, size, params.flip)
-        # uint8 to float once, laid out B x H x 3 x W so that both products are plain bmm's.
-        x = images.permute(0, 2, 1, 3).to(torch.float32, memory_format=torch.contiguous_format)
-        x = torch.bmm(rows, x.view(batch, height, 3 * width))  # B x size x (3 W)
-        x = torch.bmm(x.view(batch, size * 3, width), columns.transpose(1, 2))
-        x = x.view(batch, size, 3, size).permute(0, 2, 1, 3).contiguous()
-        return x.clamp_(0, 1)  # weights summing to 1 + rounding must not leave [0, 1]
+        if height <= self.size and width <= self.size:  # a branch on shapes: crops only grow
+            return _bilinear_crops(images, boxes, params.flip, self.size)
+        return _antialiased_crops(images, boxes, params.flip, self.size)
 
     def color_jitter(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
         """torchvision's ColorJitter with each image's factors and order, where ``jitter``.
@@ -440,6 +431,66 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     three times faster than ``where``.
     """
     return torch.lerp(b, a, mask.to(b.dtype).view(-1, 1, 1, 1))
+
+
+def _bilinear_crops(
+    images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int
+) -> torch.Tensor:
+    """Crop, enlarge and flip every image in one ``grid_sample`` call.
+
+    Output pixel o of a crop [start, start + length) samples the input at ``start +
+    (o + 0.5) * length / size - 0.5`` (half-pixel centres), clamped to the crop as
+    ``F.interpolate`` clamps to the image; a flipped image reads its output columns right to
+    left. These coordinates, scaled to [-1, 1], are the sampling grid.
+    """
+    height, width = images.shape[-2:]
+    rows = _sample_positions(boxes[:, 0], boxes[:, 2], size, torch.zeros_like(flip))
+    columns = _sample_positions(boxes[:, 1], boxes[:, 3], size, flip)
+    grid_y = rows.mul_(2 / height).add_(1 / height - 1)  # align_corners=False scaling
+    grid_x = columns.mul_(2 / width).add_(1 / width - 1)
+    batch = len(images)
+    grid = torch.stack(
+        (
+            grid_x[:, None, :].expand(batch, size, size),
+            grid_y[:, :, None].expand(batch, size, size),
+        ),
+        dim=-1,
+    )
+    x = F.grid_sample(
+        images.to(torch.float32), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return x.mul_(1 / 255).clamp_(0, 1)  # uint8 to [0, 1] once; rounding stays inside
+
+
+def _sample_positions(
+    start: torch.Tensor, length: torch.Tensor, size: int, flip: torch.Tensor
+) -> torch.Tensor:
+    """Input coordinates (B x size) sampled by the output pixels of crops being enlarged."""
+    out = torch.arange(size, device=start.device, dtype=torch.float32)
+    out = torch.where(flip[:, None], size - 1 - out, out)
+    first, last = start[:, None], (start + length - 1)[:, None]
+    source = first + (out + 0.5) * (length[:, None] / size) - 0.5
+    return torch.minimum(torch.maximum(source, first), last)
+
+
+def _antialiased_crops(
+    images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int
+) -> torch.Tensor:
+    """Crop, resize (antialiased) and flip with two batched matrix products.
+
+    Resampling is separable: the whole batch is ``rows @ image @ columns^T`` with per-image
+    (size x H) and (size x W) weight matrices, the flip being the column matrix upside down.
+    """
+    batch, height, width = len(images), images.shape[-2], images.shape[-1]
+    no_flip = torch.zeros_like(flip)
+    rows = _interpolation_matrix(boxes[:, 0], boxes[:, 2], height, size, no_flip, 1 / 255)
+    columns = _interpolation_matrix(boxes[:, 1], boxes[:, 3], width, size, flip)
+    # uint8 to float once, laid out B x H x 3 x W so that both products are plain bmm's.
+    x = images.permute(0, 2, 1, 3).to(torch.float32, memory_format=torch.contiguous_format)
+    x = torch.bmm(rows, x.view(batch, height, 3 * width))  # B x size x (3 W)
+    x = torch.bmm(x.view(batch, size * 3, width), columns.transpose(1, 2))
+    x = x.view(batch, size, 3, size).permute(0, 2, 1, 3).contiguous()
+    return x.clamp_(0, 1)  # weights summing to 1 + rounding must not leave [0, 1]
 
 
 def _interpolation_matrix(

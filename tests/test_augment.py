@@ -415,3 +415,16 @@ def test_cpu_chunks_give_the_same_views_as_one_batch(monkeypatch):
     assert 300 > augment.CPU_CHUNK_PIXELS // 32**2
     monkeypatch.setattr(augment, "CPU_CHUNK_PIXELS", 10**9)
     torch.testing.assert_close(aug.apply(x, params), chunked, atol=1e-6, rtol=0)
+
+
+def test_benchmark_prints_both_pipelines_and_the_ratio(tmp_path, monkeypatch, capsys):
+    from dyntemp.bench import augment as bench
+
+    monkeypatch.setenv("DYNTEMP_DATA", str(tmp_path / "none"))  # random images
+    argv = ["--batch", "16", "--rounds", "1", "--batches", "2", "--out", str(tmp_path / "o")]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "dyntemp SimCLRAugment, batched" in out and "torchvision per image (PIL)" in out
+    assert "random smooth images" in out and "goal on the CPU" in out
+    saved = (tmp_path / "o" / "results.json").read_text()
+    assert '"ratio"' in saved and '"command"' in saved
