@@ -44,7 +44,7 @@ SCALES = ("smoke", "cpu", "gpu")
 
 # What every run of a scale shares (changes to TrainConfig's defaults, the paper's setting).
 SCALE_SETTINGS: dict[str, dict[str, Any]] = {
-    "gpu": {},
+    "gpu": {"download": True},  # torchvision fetches CIFAR-10 where DYNTEMP_DATA has none
     "cpu": {
         "model": "small",
         "subset": 2_500,
@@ -67,7 +67,7 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 # The seeds of the main configs at each scale; every ablation runs seed 0 only.
-SEEDS: dict[str, tuple[int, ...]] = {"gpu": (0, 1, 2), "cpu": (0, 1, 2), "smoke": (0, 1)}
+SEEDS: dict[str, tuple[int, ...]] = {"gpu": (0, 1, 2), "cpu": (0, 1, 2), "smoke": (0,)}
 
 # The main comparison: fixed temperatures against DySTreSS with two ranges.
 MAIN: dict[str, dict[str, Any]] = {
@@ -148,6 +148,7 @@ REPORTED: dict[str, tuple[str, float]] = {
 
 EMBEDDING_FILE = "embedding.json"
 MAP_POINTS = 1_000  # test images in the 2-D map
+MAPPED = ("fixed-0.1", "fixed-0.5", "dystress-0.1-0.2")  # configs with a map (seed 0)
 # Config fields that may differ between two runs of the same experiment.
 _NOT_COMPARED = ("out", "force", "progress", "data_root", "download", "compile")
 
@@ -241,7 +242,9 @@ def train_command(cfg) -> str:
     words = ["python", "-m", "dyntemp", "train", "--out", out]
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if f.name in ("out", "progress") or value == getattr(defaults, f.name):
+        if f.name in ("out", "progress") or (
+            value == getattr(defaults, f.name) and f.name != "temperature"
+        ):
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
@@ -313,8 +316,9 @@ def run_or_load(
         if scale != "smoke":  # a relative folder keeps machine paths out of the files
             cfg = dataclasses.replace(cfg, out=os.path.relpath(folder))
         training.train(cfg, command=train_command(dataclasses.replace(cfg, out=relative(folder))))
-    if evaluate and not (folder / "eval.json").exists():
-        evaluate_folder(folder, tsne=seed == 0 and name in MAIN)
+    trained = (folder / training.CHECKPOINT_FILE).exists()
+    if evaluate and trained and not (folder / "eval.json").exists():
+        evaluate_folder(folder, tsne=seed == 0 and name in MAPPED)
     return load(folder)
 
 
@@ -363,15 +367,16 @@ def tsne_map(features: torch.Tensor, seed: int = 0) -> dict[str, list[float]]:
 
 
 def collect(
-    names: Iterable[str], scale: str, *, train: bool = False
+    names: Iterable[str], scale: str, *, train: bool = False, evaluate: bool = False
 ) -> dict[str, list[dict[str, Any]]]:
-    """The finished runs of each config (all its seeds); with ``train``, missing ones are run."""
+    """The finished runs of each config (all its seeds); with ``train``, missing ones are run
+    (and with ``evaluate`` also evaluated, as ``run_or_load`` does)."""
     found: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         found[name] = []
         for seed in seeds(name, scale):
             if train:
-                found[name].append(run_or_load(name, seed, scale))
+                found[name].append(run_or_load(name, seed, scale, evaluate=evaluate))
             elif finished(run_dir(name, seed, scale), config(name, seed, scale)):
                 found[name].append(load(run_dir(name, seed, scale)))
     return found
@@ -386,6 +391,32 @@ def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
     if n == 1:
         return mean, 0.0
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def difference(values: Sequence[float], reference: Sequence[float]) -> dict[str, float | bool]:
+    """Mean of ``values`` minus mean of ``reference``, its standard error and whether it is
+    larger than twice that standard error (``exceeds``).
+
+    The standard error is ``sqrt(s_a^2 / n_a + s_b^2 / n_b)`` with each group's sample
+    variance; a group of one run borrows the other group's variance. With a few seeds this
+    is a rough yardstick, not a test.
+    """
+    (mean_a, spread_a), (mean_b, spread_b) = mean_and_spread(values), mean_and_spread(reference)
+    if len(values) < 2:
+        spread_a = spread_b
+    if len(reference) < 2:
+        spread_b = spread_a
+    error = math.sqrt(spread_a**2 / len(values) + spread_b**2 / len(reference))
+    diff = mean_a - mean_b
+    return {"difference": diff, "standard_error": error, "exceeds": abs(diff) > 2 * error}
+
+
+def describe(values: Sequence[float], digits: int = 2) -> str:
+    """``mean ± spread (n seeds)``, or the single value for one run."""
+    mean, spread = mean_and_spread(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f} (1 seed)"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f} ({len(values)} seeds)"
 
 
 def results_table(scale: str, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
