@@ -169,6 +169,8 @@ def load_dataset(
         raise ValueError(f"{name} has no split {split!r}; its splits: {', '.join(SPLITS[name])}")
     if imbalance is not None and not name.endswith("-lt"):
         raise ValueError(f"imbalance applies to cifar10-lt and cifar100-lt, not {name}")
+    if imbalance is not None and not 0 < imbalance <= 1:
+        raise ValueError(f"imbalance is a ratio in (0, 1], got {imbalance}")
     if size is not None and name != "imagefolder":
         raise ValueError(f"size applies to imagefolder, not {name}")
 
