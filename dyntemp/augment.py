@@ -557,6 +557,10 @@ class ViewBatches:
         world_size: int = 1,
         start_step: int = 0,
     ) -> None:
+        if seed < 0 or epoch < 0 or start_step < 0:
+            raise ValueError(
+                f"seed, epoch and start_step must be >= 0, got {seed}, {epoch}, {start_step}"
+            )
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of {world_size}")
         if batch_size < world_size or batch_size % world_size:
@@ -576,20 +580,21 @@ class ViewBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.images.device
-        order = torch.randperm(len(self.images), generator=_generator(self.seed, self.epoch))
+        order = torch.randperm(len(self.images), generator=_generator(self.seed, self.epoch, 0))
         order = order.to(device, non_blocking=True)
-        begin = self.rank * self.shard
-        for step in range(self.start_step, len(self.images) // self.batch_size):
-            # Parameters of the whole global batch (both views), then this rank's share:
-            # what a sample gets depends on its global position only.
-            params = self.augment.sample(
-                2 * self.batch_size, _generator(self.seed, self.epoch, step + 1)
-            )
-            first = params[begin : begin + self.shard].to(device)
-            second = params[self.batch_size + begin : self.batch_size + begin + self.shard]
-            index = order[step * self.batch_size + begin :][: self.shard]
+        begin, shard, size = self.rank * self.shard, self.shard, self.batch_size
+        # Rows of this rank's samples among the 2 x batch_size parameter sets of a global
+        # batch: first views, then second views.
+        mine = torch.cat([torch.arange(begin, begin + shard)] * 2)
+        mine[shard:] += size
+        for step in range(self.start_step, len(self.images) // size):
+            # Parameters of the whole global batch, then this rank's share: what a sample
+            # gets depends on its global position only, never on the number of ranks.
+            params = self.augment.sample(2 * size, _generator(self.seed, self.epoch, 1, step))
+            index = order[step * size + begin :][:shard]
             batch = self.images[index]
-            yield (self.augment.apply(batch, first), self.augment.apply(batch, second.to(device)))
+            views = self.augment.apply(torch.cat([batch, batch]), params[mine].to(device))
+            yield views[:shard], views[shard:]
 
 
 def view_batches(

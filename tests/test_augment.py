@@ -403,6 +403,8 @@ def test_view_batches_reject_impossible_settings():
         view_batches(x, 4, SimCLRAugment(), seed=0, epoch=0, rank=2, world_size=2)
     with pytest.raises(ValueError, match="exceeds"):
         view_batches(x, 16, SimCLRAugment(), seed=0, epoch=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        view_batches(x, 4, SimCLRAugment(), seed=-1, epoch=0)
 
 
 def test_cpu_chunks_give_the_same_views_as_one_batch(monkeypatch):
