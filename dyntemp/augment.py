@@ -7,9 +7,13 @@ random setting for the whole batch. Here every image draws its own parameters, a
 per-image pipeline, and each operation runs once for the whole batch:
 
 1. ``SimCLRAugment.sample`` draws all random numbers of a batch in one call (``ViewParams``);
-2. ``SimCLRAugment.apply`` crops, resizes and flips with two batched matrix products, then
-   runs the colour operations as masked tensor arithmetic. There is no Python loop over
-   images, no ``.item()`` and no branch on tensor values, so on a GPU nothing waits.
+2. ``SimCLRAugment.apply`` crops, resizes and flips with one ``grid_sample`` call (two
+   batched matrix products where crops shrink), then runs the colour operations as
+   arithmetic with per-image factors. There is no Python loop over images, no ``.item()``
+   and no branch on tensor values, so on a GPU nothing waits for the device.
+
+Every operation matches torchvision's functional op on the same parameters to float32
+rounding (the tests allow 1e-5 on [0, 1] values).
 
 ``view_batches`` turns a uint8 dataset tensor into shuffled mini-batches of two views,
 reproducible from (seed, epoch) and independent of the number of processes.

@@ -461,7 +461,7 @@ def _decode_all(files: Sequence[str], size: int | None) -> torch.Tensor:
     raw = [_read_bytes(path) for path in files]
     jpeg = [i for i, data in enumerate(raw) if data[:3] == b"\xff\xd8\xff"]
     decoded: list[torch.Tensor | None] = [None] * len(files)
-    workers = os.cpu_count() or 1
+    workers = min(16, os.cpu_count() or 1)
     chunks = [jpeg[i::workers] for i in range(workers)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for chunk, images in zip(
