@@ -426,7 +426,7 @@ def test_benchmark_prints_both_pipelines_and_the_ratio(tmp_path, monkeypatch, ca
     argv = ["--batch", "16", "--rounds", "1", "--batches", "2", "--out", str(tmp_path / "o")]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    assert "dyntemp SimCLRAugment, batched" in out and "torchvision per image (PIL)" in out
+    assert "dyntemp, batches of 16" in out and "torchvision per image (PIL)" in out
     assert "random smooth images" in out and "goal on the CPU" in out
     saved = (tmp_path / "o" / "results.json").read_text()
     assert '"ratio"' in saved and '"command"' in saved
