@@ -402,13 +402,24 @@ def difference(values: Sequence[float], reference: Sequence[float]) -> dict[str,
     is a rough yardstick, not a test.
     """
     (mean_a, spread_a), (mean_b, spread_b) = mean_and_spread(values), mean_and_spread(reference)
+    diff = mean_a - mean_b
+    if len(values) < 2 and len(reference) < 2:  # no spread to judge by
+        return {"difference": diff, "standard_error": math.nan, "exceeds": False}
     if len(values) < 2:
         spread_a = spread_b
     if len(reference) < 2:
         spread_b = spread_a
     error = math.sqrt(spread_a**2 / len(values) + spread_b**2 / len(reference))
-    diff = mean_a - mean_b
     return {"difference": diff, "standard_error": error, "exceeds": abs(diff) > 2 * error}
+
+
+def verdict(gap: dict[str, float | bool]) -> str:
+    """How a ``difference`` compares with its spread, in words."""
+    error = gap["standard_error"]
+    if math.isnan(error):
+        return "not judged: one seed each, so no spread to compare it with"
+    larger = "larger" if gap["exceeds"] else "not larger"
+    return f"{larger} than twice its standard error ({error:.2f})"
 
 
 def describe(values: Sequence[float], digits: int = 2) -> str:
@@ -480,8 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             study(args.scale, args.names or None)
         else:
             for row in results_table(args.scale):
-                mean, spread, n = row["mean"], row["spread"], len(row["seeds"])
-                print(f"{row['label']:<42} {mean:6.2f} ± {spread:.2f}  n={n}")
+                print(f"{row['label']:<40} {describe(row['knn_top1'])}")
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
