@@ -14,7 +14,10 @@ Side by side, measured alternately in one run, at 32x32 with batches of 512:
   the per-image pipeline's way.
 
 Rates are medians over the rounds; the images are the first CIFAR-10 training images when
-``load_dataset("cifar10")`` finds them (``DYNTEMP_DATA``), else random smooth images.
+``load_dataset("cifar10")`` finds them (``DYNTEMP_DATA``), else random smooth images. The
+load average is printed: on a machine busy with other processes, the threads of torch's
+OpenMP pool wait for each other at every operation and the batched figure collapses;
+``--threads 1`` (or ``OMP_WAIT_POLICY=PASSIVE`` in the environment) shows it without that.
 """
 
 from __future__ import annotations
