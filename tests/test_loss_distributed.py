@@ -41,6 +41,7 @@ def step(model, x1, x2, rule, detach, gather):
 
 
 def worker(rank: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)  # two processes on two cores: no thread oversubscription
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     results = {}
     for name, (rule, detach) in RULES.items():
