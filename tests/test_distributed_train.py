@@ -40,6 +40,7 @@ def one_step_data(tmp_path_factory) -> Path:
     return write_fake_cifar10(tmp_path_factory.mktemp("data"), train_per_class=2, test_per_class=2)
 
 
+@pytest.mark.slow
 def test_two_processes_with_batch_b_equal_one_with_batch_2b(one_step_data, tmp_path):
     single = run(one_step_data, tmp_path / "single", processes=1, batch_size=16)
     double = run(one_step_data, tmp_path / "double", processes=2, batch_size=8)
@@ -53,11 +54,16 @@ def test_two_processes_with_batch_b_equal_one_with_batch_2b(one_step_data, tmp_p
     initial = train.build_model(config).state_dict()
     assert a.keys() == b.keys() == initial.keys()
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
-        if a[key].is_floating_point():  # every weight, bias and statistic took the step
-            assert not torch.allclose(a[key], initial[key]), key
+        if not a[key].is_floating_point():  # BatchNorm's step counters
+            assert torch.equal(a[key], b[key]), key
+            continue
+        # Each tensor's change in the step agrees to float32 accumulation error (~1e-5).
+        change, other = a[key] - initial[key], b[key] - initial[key]
+        assert change.norm() > 0, key
+        assert (change - other).norm() <= 1e-4 * change.norm(), key
 
 
+@pytest.mark.slow
 def test_two_processes_complete_a_run(tmp_path):
     root = write_fake_cifar10(tmp_path / "data")
     results = run(root, tmp_path / "run", processes=2, batch_size=20)  # 200 images: 5 steps

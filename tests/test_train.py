@@ -206,9 +206,10 @@ def test_batch_larger_than_the_dataset_is_refused(fake_root, tmp_path):
         train.train(tiny(fake_root, tmp_path / "run", batch_size=300))
 
 
-def test_missing_data_says_where_it_looked(tmp_path):
+def test_missing_data_says_where_it_looked_and_writes_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
         train.train(tiny(tmp_path / "nowhere", tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
@@ -261,6 +262,7 @@ def _command(root: Path, out: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_identical_result(fake_root, tmp_path):
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     whole, killed = tmp_path / "whole", tmp_path / "killed"

@@ -1,0 +1,278 @@
+"""``python -m dyntemp bench train``: images per second of whole SimCLR training steps.
+
+A step is everything between two optimiser updates: making both views of a batch, the
+forward pass of both, the loss, the backward pass and the update. Two ways, measured
+alternately in one run on the same network (``small``) and batch size (256):
+
+* **dyntemp**: the uint8 dataset in one tensor, ``view_batches`` drawing per-sample
+  augmentation parameters and augmenting the whole batch at once on the device, and
+  ``ntxent`` with DySTreSS (0.1, 0.2) and its exact backward;
+* **reference**, the common way: torchvision's per-image PIL transforms in a ``DataLoader``
+  with worker processes (2 by default), and lightly's ``NTXentLoss`` (temperature 0.2), or
+  a plain autograd NT-Xent when lightly is not installed (``pip install lightly``).
+
+Images per second counts images, each giving two views. The reference's loader prefetches
+while dyntemp runs, so before each of its timed rounds the prefetched batches are taken
+untimed. On a GPU it also reports the seconds of one CIFAR-10 epoch (50,000 images) of
+ResNet-18 with dyntemp's step (bf16 or fp16 autocast, channels_last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dyntemp import data, models, ntxent
+from dyntemp.augment import SimCLRAugment, view_batches
+from dyntemp.provenance import provenance
+from dyntemp.temperature import DySTreSS
+from dyntemp.train import amp_dtype
+
+Step = Callable[[], None]
+
+
+def _model(name: str, device: torch.device) -> models.SimCLRModel:
+    torch.manual_seed(0)
+    backbone = models.build(name)
+    model = models.SimCLRModel(backbone, models.Projector(backbone.feature_dim)).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+def dyntemp_steps(
+    images: torch.Tensor, batch_size: int, model_name: str, device: torch.device
+) -> Iterator[None]:
+    """Endless training steps the dyntemp way; each ``next`` runs one."""
+    model, rule = _model(model_name, device), DySTreSS(0.1, 0.2)
+    optimizer = _sgd(model)
+    dtype = amp_dtype("auto", device)
+    augment = SimCLRAugment(size=images.shape[-1])
+    epoch = 0
+    while True:
+        for view1, view2 in view_batches(images, batch_size, augment, seed=0, epoch=epoch):
+            views = torch.cat([view1, view2])
+            if device.type == "cuda":
+                views = views.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                z1, z2 = model(views).float().chunk(2)
+            loss = ntxent(z1, z2, rule)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            yield
+        epoch += 1
+
+
+class _PairDataset(torch.utils.data.Dataset):
+    """Two independently augmented views of each image, one PIL image at a time."""
+
+    def __init__(self, images: np.ndarray, transform) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        image = Image.fromarray(self.images[index])
+        return self.transform(image), self.transform(image)
+
+
+def plain_ntxent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
+    """NT-Xent in plain autograd: cross-entropy over the masked similarity matrix."""
+    n = len(z1)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = (z @ z.T) / tau
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -torch.inf)
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+def reference_loss() -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], str]:
+    try:
+        from lightly.loss import NTXentLoss
+    except ImportError:
+        return plain_ntxent, "plain autograd NT-Xent (tau 0.2; lightly is not installed)"
+    return NTXentLoss(temperature=0.2), "lightly NTXentLoss (tau 0.2)"
+
+
+def reference_steps(
+    images: torch.Tensor, batch_size: int, workers: int, model_name: str
+) -> tuple[Iterator[None], Callable[[], None], str]:
+    """Endless steps the common way, a function taking the prefetched batches, the loss name."""
+    from torchvision import transforms
+
+    mean, std = data.dataset_stats("cifar10")
+    transform = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(images.shape[-1], scale=(0.08, 1.0)),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            transforms.RandomGrayscale(p=0.2),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    dataset = _PairDataset(images.permute(0, 2, 3, 1).contiguous().numpy(), transform)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
+    )
+    model = _model(model_name, torch.device("cpu"))
+    optimizer = _sgd(model)
+    loss_fn, loss_name = reference_loss()
+    batches = _forever(loader)
+
+    def steps() -> Iterator[None]:
+        for view1, view2 in batches:
+            z1, z2 = model(torch.cat([view1, view2])).chunk(2)
+            loss = loss_fn(z1, z2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            yield
+
+    def drain() -> None:  # batches the workers made while the other side was timed
+        for _ in range(workers * 2):
+            next(batches)
+
+    return steps(), drain, loss_name
+
+
+def _forever(loader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def _time(steps: Iterator[None], count: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(count):
+        next(steps)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _images(root: str | None, count: int) -> tuple[torch.Tensor, str]:
+    if root is not None:
+        dataset = data.load_dataset("cifar10", root, "train")
+        return dataset.images[:count], f"CIFAR-10 from {root}"
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    return images, "random 32x32 images (speed does not depend on content)"
+
+
+def compare_on_cpu(args: argparse.Namespace) -> dict:
+    """Rounds of dyntemp and reference steps, alternately; images/s of each round."""
+    device = torch.device("cpu")
+    images, source = _images(args.data_root, args.images)
+    ours = dyntemp_steps(images, args.batch_size, args.model, device)
+    theirs, drain, loss_name = reference_steps(images, args.batch_size, args.workers, args.model)
+    for _ in range(3):  # warm-up: first calls, worker start-up
+        next(ours)
+        drain()
+        next(theirs)
+    rates: dict[str, list[float]] = {"dyntemp": [], "reference": []}
+    for round_index in range(args.rounds):
+        seconds = _time(ours, args.steps, device)
+        rates["dyntemp"].append(args.steps * args.batch_size / seconds)
+        drain()
+        seconds = _time(theirs, args.steps, device)
+        rates["reference"].append(args.steps * args.batch_size / seconds)
+        print(
+            f"round {round_index + 1}: dyntemp {rates['dyntemp'][-1]:.0f} images/s, "
+            f"reference {rates['reference'][-1]:.0f} images/s",
+            flush=True,
+        )
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    return {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "images": source,
+        "reference": f"torchvision PIL transforms, DataLoader with {args.workers} workers, "
+        f"{loss_name}",
+        "torch_threads": torch.get_num_threads(),
+        "images_per_s": rates,
+        "median_images_per_s": median,
+        "speedup": median["dyntemp"] / median["reference"],
+    }
+
+
+def cuda_epoch(args: argparse.Namespace, device: torch.device) -> dict:
+    """Seconds of one CIFAR-10-sized epoch (50,000 images) of ResNet-18, dyntemp's step."""
+    images, source = _images(args.data_root, 50_000)
+    images = images.to(device)
+    results = {"images": source, "model": "resnet18"}
+    for batch_size in args.gpu_batch_sizes:
+        steps = dyntemp_steps(images, batch_size, "resnet18", device)
+        _time(steps, 20, device)  # warm-up: cuDNN autotuning, first calls
+        count = len(images) // batch_size
+        seconds = _time(steps, count, device)
+        results[f"epoch_seconds_batch_{batch_size}"] = seconds
+        print(
+            f"ResNet-18, batch {batch_size}: {seconds:.2f} s per epoch of "
+            f"{count * batch_size} images ({count * batch_size / seconds:.0f} images/s)"
+        )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dyntemp bench train", description=__doc__)
+    parser.add_argument("--model", default="small", choices=models.MODELS)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of each, alternately")
+    parser.add_argument("--workers", type=int, default=2, help="the reference's loader workers")
+    parser.add_argument("--images", type=int, default=10_000, help="dataset size for the CPU")
+    parser.add_argument("--data-root", default=None, help="real CIFAR-10 (default: random)")
+    parser.add_argument("--gpu-batch-sizes", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--no-gpu", action="store_true", help="skip the GPU epoch timing")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "steps", "rounds", "images"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.batch_size > args.images:
+        raise ValueError(f"--batch-size {args.batch_size} exceeds --images {args.images}")
+    info = provenance(torch.device("cpu"))
+    print(
+        f"machine: {info['machine']['device']}, {info['machine']['cpu_cores']} cores, "
+        f"torch {info['torch']}, {torch.get_num_threads()} threads"
+    )
+    cpu = compare_on_cpu(args)
+    print(
+        f"{cpu['model']} at batch {cpu['batch_size']} on the CPU: dyntemp "
+        f"{cpu['median_images_per_s']['dyntemp']:.0f} images/s, reference "
+        f"{cpu['median_images_per_s']['reference']:.0f} images/s ({cpu['reference']}): "
+        f"{cpu['speedup']:.2f}x (goal >= 1.3x: {'met' if cpu['speedup'] >= 1.3 else 'NOT met'})"
+    )
+    payload = {"benchmark": "train", "cpu": cpu, "provenance": info}
+    if torch.cuda.is_available() and not args.no_gpu:
+        device = torch.device("cuda")
+        payload["gpu"] = cuda_epoch(args, device)
+        payload["gpu_provenance"] = provenance(device)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
