@@ -11,7 +11,11 @@ alternately in one run on the same network (``small``) and batch size (256):
   with worker processes (2 by default), and lightly's ``NTXentLoss`` (temperature 0.2), or
   a plain autograd NT-Xent when lightly is not installed (``pip install lightly``).
 
-Images per second counts images, each giving two views. The reference's loader prefetches
+Images per second counts images, each giving two views. The load average is printed: on a
+machine busy with other processes the threads of torch's OpenMP pool wait for each other at
+every operation, which hurts the batched pipeline (many short parallel operations) far more
+than single-threaded loader workers; ``--threads 1`` or ``OMP_WAIT_POLICY=PASSIVE`` in the
+environment shows the comparison without that effect. The reference's loader prefetches
 while dyntemp runs, so before each of its timed rounds the prefetched batches are taken
 untimed. On a GPU it also reports the seconds of one CIFAR-10 epoch (50,000 images) of
 ResNet-18 with dyntemp's step (bf16 or fp16 autocast, channels_last).
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -248,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None, help="real CIFAR-10 (default: random)")
     parser.add_argument("--gpu-batch-sizes", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU epoch timing")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
     for name in ("batch_size", "steps", "rounds", "images"):
@@ -255,10 +261,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if args.batch_size > args.images:
         raise ValueError(f"--batch-size {args.batch_size} exceeds --images {args.images}")
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise ValueError("--threads must be positive")
+        torch.set_num_threads(args.threads)
     info = provenance(torch.device("cpu"))
+    info["load_average"] = os.getloadavg()
     print(
         f"machine: {info['machine']['device']}, {info['machine']['cpu_cores']} cores, "
-        f"torch {info['torch']}, {torch.get_num_threads()} threads"
+        f"torch {info['torch']}, {torch.get_num_threads()} threads, load average "
+        f"{' '.join(f'{x:.1f}' for x in info['load_average'])}"
     )
     cpu = compare_on_cpu(args)
     print(
