@@ -316,3 +316,23 @@ def test_a_killed_run_resumes_to_the_identical_result(fake_root, tmp_path):
     assert len(metrics(whole)) == 4
     results = [json.loads((f / "results.json").read_text()) for f in (whole, killed)]
     assert results[0]["knn_top1"] == results[1]["knn_top1"]
+
+
+def test_lars_with_warmup_follows_the_schedule(fake_root, tmp_path):
+    config = tiny(
+        fake_root,
+        tmp_path / "run",
+        optimizer="lars",
+        lr=1.0,
+        momentum=0.9,
+        weight_decay=1e-6,
+        warmup_epochs=1,
+        epochs=2,
+        eval_every=0,
+    )
+    results = train.train(config)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["lr"] == pytest.approx(1.0)  # the last warm-up step reaches the peak
+    assert lines[1]["lr"] == pytest.approx(optim.cosine_lr(9, 10, 1.0, warmup_steps=5))
+    assert "knn_top1" not in lines[0] and "knn_top1" in lines[1]  # eval_every=0: at the end
+    assert math.isfinite(results["final"]["loss"])
