@@ -11,13 +11,14 @@ alternately in one run on the same network (``small``) and batch size (256):
   with worker processes (2 by default), and lightly's ``NTXentLoss`` (temperature 0.2), or
   a plain autograd NT-Xent when lightly is not installed (``pip install lightly``).
 
-Images per second counts images, each giving two views. The load average is printed: on a
-machine busy with other processes the threads of torch's OpenMP pool wait for each other at
-every operation, which hurts the batched pipeline (many short parallel operations) far more
-than single-threaded loader workers; ``--threads 1`` or ``OMP_WAIT_POLICY=PASSIVE`` in the
-environment shows the comparison without that effect. The reference's loader prefetches
-while dyntemp runs, so before each of its timed rounds the prefetched batches are taken
-untimed. On a GPU it also reports the seconds of one CIFAR-10 epoch (50,000 images) of
+Images per second counts images, each giving two views. The reference's workers run only
+during its own rounds: each round starts them afresh and takes their first batches untimed.
+The load average is printed: on a machine busy with other processes the threads of torch's
+OpenMP pool wait for each other at every operation, which hurts the batched pipeline (many
+short parallel operations) far more than single-threaded loader workers; ``--threads 1``
+or ``OMP_WAIT_POLICY=PASSIVE`` in the environment shows the comparison without that effect.
+
+On a GPU it also reports the seconds of one CIFAR-10-sized epoch (50,000 images) of
 ResNet-18 with dyntemp's step (bf16 or fp16 autocast, channels_last).
 """
 
@@ -115,10 +116,15 @@ def reference_loss() -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tenso
     return NTXentLoss(temperature=0.2), "lightly NTXentLoss (tau 0.2)"
 
 
-def reference_steps(
+def reference_rounds(
     images: torch.Tensor, batch_size: int, workers: int, model_name: str
-) -> tuple[Iterator[None], Callable[[], None], str]:
-    """Endless steps the common way, a function taking the prefetched batches, the loss name."""
+) -> tuple[Callable[[int], float], str]:
+    """A function timing ``count`` steps the common way, and the name of the loss used.
+
+    Each round starts the loader's workers afresh, takes their first ``2 * workers``
+    batches untimed (start-up and the prefetch queue), times ``count`` steps, and stops
+    the workers, so they never compete with the other side's timed steps.
+    """
     from torchvision import transforms
 
     mean, std = data.dataset_stats("cifar10")
@@ -139,33 +145,31 @@ def reference_steps(
         shuffle=True,
         drop_last=True,
         num_workers=workers,
-        persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
     )
     model = _model(model_name, torch.device("cpu"))
     optimizer = _sgd(model)
     loss_fn, loss_name = reference_loss()
-    batches = _forever(loader)
 
-    def steps() -> Iterator[None]:
-        for view1, view2 in batches:
-            z1, z2 = model(torch.cat([view1, view2])).chunk(2)
-            loss = loss_fn(z1, z2)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            yield
+    def step(view1: torch.Tensor, view2: torch.Tensor) -> None:
+        z1, z2 = model(torch.cat([view1, view2])).chunk(2)
+        loss = loss_fn(z1, z2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
-    def drain() -> None:  # batches the workers made while the other side was timed
-        for _ in range(workers * 2):
+    def timed_round(count: int) -> float:
+        batches = iter(loader)
+        for _ in range(2 * workers):
             next(batches)
+        start = time.perf_counter()
+        for _ in range(count):
+            step(*next(batches))
+        seconds = time.perf_counter() - start
+        del batches  # the workers stop
+        return seconds
 
-    return steps(), drain, loss_name
-
-
-def _forever(loader) -> Iterator:
-    while True:
-        yield from loader
+    return timed_round, loss_name
 
 
 def _time(steps: Iterator[None], count: int, device: torch.device) -> float:
@@ -193,17 +197,14 @@ def compare_on_cpu(args: argparse.Namespace) -> dict:
     device = torch.device("cpu")
     images, source = _images(args.data_root, args.images)
     ours = dyntemp_steps(images, args.batch_size, args.model, device)
-    theirs, drain, loss_name = reference_steps(images, args.batch_size, args.workers, args.model)
-    for _ in range(3):  # warm-up: first calls, worker start-up
-        next(ours)
-        drain()
-        next(theirs)
+    theirs, loss_name = reference_rounds(images, args.batch_size, args.workers, args.model)
+    _time(ours, 3, device)  # warm-up: first calls
+    theirs(3)
     rates: dict[str, list[float]] = {"dyntemp": [], "reference": []}
     for round_index in range(args.rounds):
         seconds = _time(ours, args.steps, device)
         rates["dyntemp"].append(args.steps * args.batch_size / seconds)
-        drain()
-        seconds = _time(theirs, args.steps, device)
+        seconds = theirs(args.steps)
         rates["reference"].append(args.steps * args.batch_size / seconds)
         print(
             f"round {round_index + 1}: dyntemp {rates['dyntemp'][-1]:.0f} images/s, "
