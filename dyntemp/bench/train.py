@@ -159,17 +159,23 @@ def reference_rounds(
         optimizer.step()
 
     def timed_round(count: int) -> float:
-        batches = iter(loader)
+        batches = _forever(loader)
         for _ in range(2 * workers):
             next(batches)
         start = time.perf_counter()
         for _ in range(count):
             step(*next(batches))
         seconds = time.perf_counter() - start
-        del batches  # the workers stop
+        batches.close()  # the workers stop
         return seconds
 
     return timed_round, loss_name
+
+
+def _forever(loader) -> Iterator:
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
 
 
 def _time(steps: Iterator[None], count: int, device: torch.device) -> float:

@@ -1,0 +1,26 @@
+"""bench train runs end to end at a tiny size (its numbers are not tested: it is no timed test)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from dyntemp.bench import train as bench
+
+
+def test_bench_train_runs_and_writes_its_results(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    arguments = "--images 64 --batch-size 32 --steps 1 --rounds 1 --workers 0 --no-gpu"
+    assert bench.main([*arguments.split(), "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    rates = payload["cpu"]["median_images_per_s"]
+    assert rates["dyntemp"] > 0 and rates["reference"] > 0
+    assert "dyntemp" in capsys.readouterr().out
+
+
+def test_plain_ntxent_matches_the_library_with_a_fixed_temperature():
+    from dyntemp import ntxent
+
+    z1, z2 = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    torch.testing.assert_close(bench.plain_ntxent(z1, z2, 0.3), ntxent(z1, z2, 0.3))
