@@ -66,7 +66,7 @@ SCALE_SETTINGS: dict[str, dict[str, Any]] = {
     },
 }
 
-# The seeds of the main configs at each scale; every ablation runs seed 0 only.
+# The seeds of every config at each scale.
 SEEDS: dict[str, tuple[int, ...]] = {"gpu": (0, 1, 2), "cpu": (0, 1, 2), "smoke": (0,)}
 
 # The main comparison: fixed temperatures against DySTreSS with two ranges.
@@ -190,8 +190,11 @@ def config(name: str, seed: int = 0, scale: str | None = None, **changes: Any):
 
 
 def seeds(name: str, scale: str) -> tuple[int, ...]:
-    """The seeds the study runs for ``name``: all of the scale's for the main configs."""
-    return SEEDS[check_scale(scale)] if name in MAIN else SEEDS[scale][:1]
+    """The seeds of ``name`` at ``scale`` (the same for every config; the study runs the
+    ablations' later seeds last, as time allows)."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
+    return SEEDS[check_scale(scale)]
 
 
 # ----------------------------------------------------------------------------- folders
@@ -465,11 +468,13 @@ def results_table(scale: str, names: Iterable[str] | None = None) -> list[dict[s
 
 def study(scale: str, names: Sequence[str] | None = None) -> None:
     """Run every config of the study at ``scale``: the main configs seed by seed, then the
-    ablations; finished runs are skipped, so a stopped study resumes where it stopped."""
+    ablations seed by seed (the first seed of every ablation before any second one);
+    finished runs are skipped, so a stopped study resumes where it stopped."""
     names = list(CONFIGS) if names is None else list(names)
     main = [n for n in names if n in MAIN]
+    ablations = [n for n in names if n not in MAIN]
     order = [(n, s) for s in SEEDS[scale] for n in main]
-    order += [(n, s) for n in names if n not in MAIN for s in seeds(n, scale)]
+    order += [(n, s) for s in SEEDS[scale] for n in ablations]
     for index, (name, seed) in enumerate(order, 1):
         print(f"[{index}/{len(order)}] {name} seed {seed}", flush=True)
         run = run_or_load(name, seed, scale)
