@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-unit test-notebooks book lint bench clean
+.PHONY: install test test-unit test-notebooks test-experiments study book lint bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: lint book test-notebooks test-unit
+test: lint book test-notebooks test-experiments test-unit
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests
@@ -31,6 +31,22 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.
 test-notebooks: $(STAMP)
 	$(BIN)/python -c "import matplotlib.pyplot"
 	$(BIN)/python -m pytest $(NBVAL) -p no:cacheprovider notebooks/0[1-4]_*.ipynb
+
+# The experiment chapters at smoke scale: each trains its own tiny runs on the real CIFAR-10
+# (DYNTEMP_DATA), shared between the chapters through one temporary folder; only the cells
+# marked NBVAL_CHECK_OUTPUT are compared.
+test-experiments: $(STAMP)
+	@test -d "$$DYNTEMP_DATA/train" || { echo "set DYNTEMP_DATA to the extracted CIFAR-10"; exit 2; }
+	$(BIN)/python -c "import matplotlib.pyplot"
+	runs=$$(mktemp -d) && DYNTEMP_SCALE=smoke DYNTEMP_SMOKE_DIR=$$runs \
+	  $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks/0[5-8]_*.ipynb; \
+	  status=$$?; rm -rf $$runs; exit $$status
+
+# The cpu-scale study behind the experiment chapters (about an hour on a 2-core CPU, on the
+# CIFAR-10 of DYNTEMP_DATA); finished runs in results/cpu are kept, so it resumes.
+study: $(STAMP)
+	$(BIN)/python -m dyntemp.experiments study cpu
 
 # The book, from scratch (a stale build would hide the warnings of unchanged pages);
 # any warning fails it.
