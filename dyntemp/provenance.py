@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["command", "git_commit", "machine", "provenance"]
+__all__ = ["code_commit", "command", "git_commit", "machine", "provenance"]
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str | None:
@@ -31,6 +32,16 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("+dirty" if dirty else "")
+
+
+@functools.cache
+def code_commit() -> str | None:
+    """The commit of this package's code as first asked for in this process.
+
+    Asked at the start of a run, it names the code that ran, even if the checkout
+    changes while the run goes on.
+    """
+    return git_commit()
 
 
 def _cpu_model() -> str:
@@ -73,7 +84,7 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
     """Command, commit, versions and machine, for a results file."""
     return {
         "command": command(),
-        "git_commit": git_commit(),
+        "git_commit": code_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "machine": machine(device),

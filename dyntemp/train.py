@@ -391,6 +391,7 @@ def train(config: TrainConfig, *, command: str | None = None) -> dict[str, Any]:
     a finished one). ``command`` is recorded in the provenance (the command line).
     """
     config.check()
+    provenance.code_commit()  # the code as it is now, not when the run ends
     context = distributed.setup(config.device)
     try:
         return _train(config, context, command)
@@ -648,7 +649,7 @@ def _results(
         "provenance": {
             "command": command,
             "config": dataclasses.asdict(config),
-            "git_commit": provenance.git_commit(),
+            "git_commit": provenance.code_commit(),
             "torch": torch.__version__,
             "python": platform.python_version(),
             "device": str(context.device),
