@@ -121,10 +121,9 @@ class _PairwiseNTXent(torch.autograd.Function):
         grad_keys = None
         if ctx.factored:
             a, a_norm, weights, u, v, positive_grad, positive_index = ctx.saved_tensors
-            both = weights @ torch.cat([v[:, None] * a, u[:, None] * a], dim=1)
-            dim = a.shape[1]
-            grad = u[:, None] * both[:, :dim] + v[:, None] * both[:, dim:]
-            grad += positive_grad[:, None] * a[positive_index]
+            # G + G^T = W * (u v^T + v u^T) off the positives: rank-one scalings, no transpose
+            full = torch.outer(u, v).addcmul_(v[:, None], u[None, :]).mul_(weights)
+            grad = torch.addcmul(full @ a, positive_grad[:, None], a[positive_index])
             grad_anchors = _normalise_backward(grad, a, a_norm)
         else:
             a, a_norm, k, k_norm, grad = ctx.saved_tensors
@@ -162,10 +161,9 @@ def _factored(
     """A symmetric factorisation of the gradient: P_ik / count = u_i q_ik v_k.
 
     With h = top / 2, q_ik = exp(x_ik - h_i - h_k) <= 1 is symmetric, and so is
-    W = q * scale (positives zeroed, they are handled apart); then
-    (G + G^T) z = u (W (v z)) + v (W (u z)) + (positives' part): a single product of W
-    with [v z, u z] and no transposed pass over the matrix. Returns the anchors' losses,
-    q, u, v and 1 - P_ip.
+    W = q * scale (positives zeroed, they are handled apart); then off the positives
+    G + G^T = W * (u v^T + v u^T), built from rank-one scalings without a transposed pass
+    over the matrix. Returns the anchors' losses, q, u, v and 1 - P_ip.
     """
     count, rows = logits.shape[0], torch.arange(logits.shape[0], device=logits.device)
     half = top * 0.5
