@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-unit test-notebooks test-experiments study book lint bench clean
+.PHONY: install data test test-unit test-notebooks test-experiments study book lint bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,21 +32,26 @@ test-notebooks: $(STAMP)
 	$(BIN)/python -c "import matplotlib.pyplot"
 	$(BIN)/python -m pytest $(NBVAL) -p no:cacheprovider notebooks/0[1-4]_*.ipynb
 
-# The experiment chapters at smoke scale: each trains its own tiny runs on the real CIFAR-10
-# (DYNTEMP_DATA), shared between the chapters through one temporary folder; only the cells
-# marked NBVAL_CHECK_OUTPUT are compared.
-test-experiments: $(STAMP)
-	@test -d "$$DYNTEMP_DATA/train" || { echo "set DYNTEMP_DATA to the extracted CIFAR-10"; exit 2; }
+# The real CIFAR-10: the folder DYNTEMP_DATA names, else torchvision downloads it into ./data.
+export DYNTEMP_DATA ?= $(CURDIR)/data
+data: $(STAMP)
+	$(BIN)/python -c "from dyntemp.data import load_dataset as load; \
+	  [load('cifar10', split=split, download=True) for split in ('train', 'test')]"
+
+# The experiment chapters at smoke scale: each trains its own tiny runs on the real CIFAR-10,
+# shared between the chapters through one temporary folder; only the cells marked
+# NBVAL_CHECK_OUTPUT are compared.
+test-experiments: data
 	$(BIN)/python -c "import matplotlib.pyplot"
 	runs=$$(mktemp -d) && DYNTEMP_SCALE=smoke DYNTEMP_SMOKE_DIR=$$runs \
 	  $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks/0[5-8]_*.ipynb; \
 	  status=$$?; rm -rf $$runs; exit $$status
 
-# The cpu-scale study behind the experiment chapters (about an hour on a 2-core CPU, on the
-# CIFAR-10 of DYNTEMP_DATA); finished runs in results/cpu are kept, so it resumes.
-study: $(STAMP)
-	$(BIN)/python -m dyntemp.experiments study cpu
+# The study behind the experiment chapters at DYNTEMP_SCALE (cpu unless set; about 20 minutes
+# on a quiet 2-core CPU); finished runs in results/<scale> are kept, so it resumes.
+study: data
+	$(BIN)/python -m dyntemp.experiments study $(or $(DYNTEMP_SCALE),cpu)
 
 # The book, from scratch (a stale build would hide the warnings of unchanged pages);
 # any warning fails it.

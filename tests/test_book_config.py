@@ -84,3 +84,12 @@ def test_notebook_is_stored_executed(path: Path) -> None:
     assert code and all(cell.get("execution_count") for cell in code), (
         f"{path.name}: run it top to bottom and save it with its outputs"
     )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_repository_link_is_the_book_repository(path: Path) -> None:
+    """Links into the repository (installs, run folders) all name the one in _config.yml."""
+    repository = _config()["repository"]["url"]
+    text = "".join("".join(cell["source"]) for cell in _notebook(path)["cells"])
+    for url in re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", text):
+        assert url.removesuffix(".git") == repository, f"{path.name}: {url}"
