@@ -16,14 +16,18 @@ __all__ = ["code_commit", "command", "git_commit", "machine", "provenance"]
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str | None:
-    """The commit of the checkout holding this package (``+dirty`` if it has changes)."""
+    """The commit of the checkout holding this package (``+dirty`` if its code has changes).
+
+    Only the package's own files count: results or notebooks being written do not make the
+    code dirty.
+    """
     folder = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
             cwd=folder,
             capture_output=True,
             text=True,
