@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-batch-sizes", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU epoch timing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    parser.add_argument("--out", type=Path, default=None, help="write OUT/results.json with the provenance")
     args = parser.parse_args(argv)
     for name in ("batch_size", "steps", "rounds", "images"):
         if getattr(args, name) <= 0:
@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         payload["gpu"] = cuda_epoch(args, device)
         payload["gpu_provenance"] = provenance(device)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(payload, indent=2) + "\n")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {args.out / 'results.json'}")
     return 0
