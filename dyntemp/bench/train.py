@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-batch-sizes", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU epoch timing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--out", type=Path, default=None, help="write OUT/results.json with the provenance")
+    parser.add_argument("--out", type=Path, help="write OUT/results.json with the provenance")
     args = parser.parse_args(argv)
     for name in ("batch_size", "steps", "rounds", "images"):
         if getattr(args, name) <= 0:
