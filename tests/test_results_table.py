@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dyntemp import experiments
 
@@ -119,6 +120,8 @@ def _table_output(notebook: dict) -> str:
 
 def test_results_chapter_shows_the_stored_table() -> None:
     notebook = _json(CHAPTER)
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    repository = config["repository"]["url"]
     shown = _table_output(notebook)
     assert "ours, cpu scale" in shown.splitlines()[0]
     lines = shown.splitlines()[2:]
@@ -129,6 +132,6 @@ def test_results_chapter_shows_the_stored_table() -> None:
         assert cells[0] == row["label"]
         assert cells[2] == experiments.describe(row["knn_top1"])
         targets = re.findall(r"\]\(([^)]+)\)", cells[3])
-        assert targets == [f"../{folder}" for folder in row["folders"]]
-        for target in targets:
-            assert (CHAPTER.parent / target / "results.json").exists()
+        assert targets == [f"{repository}/tree/main/{folder}" for folder in row["folders"]]
+        for folder in row["folders"]:
+            assert (ROOT / folder / "results.json").exists()
