@@ -547,7 +547,14 @@ def _check_images(images: torch.Tensor) -> None:
 
 
 class ViewBatches:
-    """Shuffled mini-batches of two views each; see ``view_batches``."""
+    """Pairs of views of each shuffled global batch of ``batch_size`` images (drop_last).
+
+    The shuffle and every sample's augmentation depend only on (seed, epoch) and the
+    sample's position in the epoch, never on ``world_size``: rank r of ``world_size`` gets
+    the r-th contiguous ``batch_size // world_size`` slice of each global batch, so two ranks
+    see together exactly what one process sees. ``len(...)`` is the number of steps;
+    ``start_step`` resumes an epoch in the middle with the same batches.
+    """
 
     def __init__(
         self,
@@ -601,35 +608,8 @@ class ViewBatches:
             yield views[:shard], views[shard:]
 
 
-def view_batches(
-    images: torch.Tensor,
-    batch_size: int,
-    augment: SimCLRAugment,
-    *,
-    seed: int,
-    epoch: int,
-    rank: int = 0,
-    world_size: int = 1,
-    start_step: int = 0,
-) -> ViewBatches:
-    """Pairs of views of each shuffled global batch of ``batch_size`` images (drop_last).
-
-    The shuffle and every sample's augmentation depend only on (seed, epoch) and the
-    sample's position in the epoch, never on ``world_size``: rank r of ``world_size`` gets
-    the r-th contiguous ``batch_size // world_size`` slice of each global batch, so two ranks
-    see together exactly what one process sees. ``len(...)`` is the number of steps;
-    ``start_step`` resumes an epoch in the middle with the same batches.
-    """
-    return ViewBatches(
-        images,
-        batch_size,
-        augment,
-        seed=seed,
-        epoch=epoch,
-        rank=rank,
-        world_size=world_size,
-        start_step=start_step,
-    )
+#: The agreed name of the view iterator: ``view_batches(images, batch_size, augment, ...)``.
+view_batches = ViewBatches
 
 
 def _generator(*key: int) -> torch.Generator:
