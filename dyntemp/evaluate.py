@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dyntemp.augment import SimCLRAugment
+
 # ----------------------------------------------------------------------------- features
 
 
@@ -43,14 +45,17 @@ def extract_features(
 ) -> Tensor:
     """Backbone features (N, D), float32, of uint8 ``images`` (N, 3, H, W).
 
-    ``transform`` maps a uint8 batch to the network's float input: ``augment.normalize`` for
-    evaluation, or any other callable (an augmentation for features of views). An object
-    with a ``normalize`` method (a ``SimCLRAugment``) is replaced by that method. The backbone
+    ``transform`` maps a uint8 batch to the network's float input: ``augment.unaugmented``
+    for evaluation, or any other callable (``augment.apply`` with parameters for features of
+    views). A ``SimCLRAugment`` itself is refused: called, it would augment. The backbone
     runs in eval mode, and its mode is restored afterwards. ``device`` defaults to the
     backbone's; ``amp_dtype`` (e.g. ``torch.bfloat16`` on a GPU) runs it under autocast.
     """
-    if hasattr(transform, "normalize"):
-        transform = transform.normalize
+    if isinstance(transform, SimCLRAugment):
+        raise TypeError(
+            "extract_features got a SimCLRAugment, which augments: pass augment.unaugmented "
+            "for evaluation features"
+        )
     if device is None:
         device = next(backbone.parameters()).device
     device = torch.device(device)

@@ -60,16 +60,13 @@ def test_extract_features_runs_in_eval_mode_and_restores_the_mode():
     torch.testing.assert_close(features, expected)
 
 
-def test_extract_features_uses_the_normalize_method_of_an_augmentation():
-    class Augmentation:
-        def __call__(self, images):
-            raise AssertionError("evaluation must not augment")
-
-        def normalize(self, images):
-            return to_float(images)
+def test_extract_features_refuses_an_augmentation_instead_of_augmenting():
+    from dyntemp.augment import SimCLRAugment
 
     images = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
-    features = evaluate.extract_features(Probe(), images, Augmentation())
+    with pytest.raises(TypeError, match="unaugmented"):
+        evaluate.extract_features(Probe(), images, SimCLRAugment(size=4))
+    features = evaluate.extract_features(Probe(), images, SimCLRAugment(size=4).unaugmented)
     assert features.shape == (5, 48)
 
 
