@@ -73,14 +73,24 @@ class ViewParams:
         return ViewParams(**{name: value[index] for name, value in self._items()})
 
     def to(self, device: torch.device | str) -> ViewParams:
-        """The same parameters on ``device``, copied without waiting for the device."""
-        return ViewParams(
-            **{name: value.to(device, non_blocking=True) for name, value in self._items()}
-        )
+        """The same parameters on ``device``.
+
+        Host to device copies do not wait for the device (``non_blocking``; from pageable
+        memory the data is staged at once, so the host may reuse it). Copies to the host
+        are blocking: a non-blocking one could be read before it has arrived.
+        """
+        device = torch.device(device)
+        return ViewParams(**{name: _copy(value, device) for name, value in self._items()})
 
     def _items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for field in dataclasses.fields(self):
             yield field.name, getattr(self, field.name)
+
+
+def _copy(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; non-blocking only from the host to an accelerator."""
+    to_accelerator = tensor.device.type == "cpu" and device.type != "cpu"
+    return tensor.to(device, non_blocking=to_accelerator)
 
 
 @dataclasses.dataclass(frozen=True)
