@@ -22,6 +22,21 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+def host_syncs(fn: Callable[[], object]) -> str:
+    """``"none"`` if ``fn()`` makes the host wait for the GPU, else what CUDA's sync debug
+    mode reported. Run ``fn`` once before: first calls make one-off copies."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+        return "none"
+    except RuntimeError as error:
+        return f"yes: {error}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+
+
 def per_image_pipeline(
     size: int,
     mean: Sequence[float] = CIFAR10_MEAN,
