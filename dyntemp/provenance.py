@@ -93,3 +93,12 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "machine": machine(device),
     }
+
+
+def native_bf16_cpu() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX on x86)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
