@@ -204,7 +204,8 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_no_temporary(
     monkeypatch.setattr(torch, "save", save_then_fill_the_disk)
     assert main(["train", *command(fake_root, out)]) == 2
     one_error_line(capsys, "No space left on device", "checkpoint of epoch 1 is kept")
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["checkpoint.pt", "config.json", "metrics.jsonl"]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
     monkeypatch.setattr(torch, "save", real_save)
     assert main(["train", *command(fake_root, out)]) == 0  # resumes from epoch 1
