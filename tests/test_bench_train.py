@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 from dyntemp.bench import train as bench
 
 
@@ -17,10 +15,3 @@ def test_bench_train_runs_and_writes_its_results(tmp_path, capsys):
     rates = payload["cpu"]["median_images_per_s"]
     assert rates["dyntemp"] > 0 and rates["reference"] > 0
     assert "dyntemp" in capsys.readouterr().out
-
-
-def test_plain_ntxent_matches_the_library_with_a_fixed_temperature():
-    from dyntemp import ntxent
-
-    z1, z2 = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
-    torch.testing.assert_close(bench.plain_ntxent(z1, z2, 0.3), ntxent(z1, z2, 0.3))

@@ -23,7 +23,6 @@ OpenMP pool wait for each other at every operation and the batched figure collap
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -34,27 +33,12 @@ import numpy as np
 import torch
 
 from dyntemp.augment import SimCLRAugment
-from dyntemp.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset
+from dyntemp.bench.common import per_image_pipeline, sync, write_results
+from dyntemp.data import load_dataset
 from dyntemp.provenance import provenance
 
 CPU_GOAL = 4.0  # x the per-image pipeline over all cores
 GPU_GOAL = 200_000  # views/s at 32x32
-
-
-def per_image_pipeline(size: int) -> Callable:
-    """torchvision's SimCLR transform for one PIL image, as the paper's code builds it."""
-    from torchvision import transforms as T
-
-    return T.Compose(
-        [
-            T.RandomResizedCrop(size, scale=(0.08, 1.0)),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.ToTensor(),
-            T.Normalize(CIFAR10_MEAN, CIFAR10_STD),
-        ]
-    )
 
 
 def test_images(n: int, size: int) -> tuple[torch.Tensor, str]:
@@ -72,20 +56,15 @@ def test_images(n: int, size: int) -> tuple[torch.Tensor, str]:
     return images, "random smooth images (no CIFAR-10 found)"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_batched(aug: SimCLRAugment, images: torch.Tensor, batch: int, seed: int) -> float:
     """Views per second of one pass over ``images`` in batches."""
     device = images.device
     g = torch.Generator(device=device).manual_seed(seed)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for i in range(0, len(images) - batch + 1, batch):
         aug(images[i : i + batch], g)
-    _sync(device)
+    sync(device)
     return (len(images) // batch) * batch / (time.perf_counter() - start)
 
 
@@ -242,10 +221,5 @@ def main(argv: list[str] | None = None) -> int:
             f"{'met' if gpu_met else 'NOT met'}; host synchronisations: "
             f"{result['gpu_host_syncs']}"
         )
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(
-            json.dumps({"provenance": info, "result": result}, indent=2) + "\n"
-        )
-        print(f"wrote {args.out / 'results.json'}")
+    write_results(args.out, "augment", info, result=result)
     return 0

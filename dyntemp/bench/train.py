@@ -4,7 +4,7 @@ A step is everything between two optimiser updates: making both views of a batch
 forward pass of both, the loss, the backward pass and the update. Two ways, measured
 alternately in one run on the same network (``small``) and batch size (256):
 
-* **dyntemp**: the uint8 dataset in one tensor, ``view_batches`` drawing per-sample
+* **dyntemp**: the uint8 dataset in one tensor, ``ViewBatches`` drawing per-sample
   augmentation parameters and augmenting the whole batch at once on the device, and
   ``ntxent`` with DySTreSS (0.1, 0.2) and its exact backward;
 * **reference**, the common way: torchvision's per-image PIL transforms in a ``DataLoader``
@@ -25,7 +25,6 @@ ResNet-18 with dyntemp's step (bf16 or fp16 autocast, channels_last).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -34,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dyntemp import data, models, ntxent
-from dyntemp.augment import SimCLRAugment, view_batches
+from dyntemp.augment import SimCLRAugment, ViewBatches
+from dyntemp.bench.common import per_image_pipeline, sync, write_results
+from dyntemp.loss import reference_ntxent
 from dyntemp.provenance import provenance
 from dyntemp.temperature import DySTreSS
 from dyntemp.train import amp_dtype
@@ -68,7 +68,7 @@ def dyntemp_steps(
     augment = SimCLRAugment(size=images.shape[-1])
     epoch = 0
     while True:
-        for view1, view2 in view_batches(images, batch_size, augment, seed=0, epoch=epoch):
+        for view1, view2 in ViewBatches(images, batch_size, augment, seed=0, epoch=epoch):
             views = torch.cat([view1, view2])
             if device.type == "cuda":
                 views = views.contiguous(memory_format=torch.channels_last)
@@ -98,21 +98,14 @@ class _PairDataset(torch.utils.data.Dataset):
         return self.transform(image), self.transform(image)
 
 
-def plain_ntxent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
-    """NT-Xent in plain autograd: cross-entropy over the masked similarity matrix."""
-    n = len(z1)
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    logits = (z @ z.T) / tau
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -torch.inf)
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(logits, targets)
-
-
 def reference_loss() -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], str]:
     try:
         from lightly.loss import NTXentLoss
     except ImportError:
-        return plain_ntxent, "plain autograd NT-Xent (tau 0.2; lightly is not installed)"
+        return (
+            lambda z1, z2: reference_ntxent(z1, z2, 0.2),
+            "plain autograd NT-Xent (tau 0.2; lightly is not installed)",
+        )
     return NTXentLoss(temperature=0.2), "lightly NTXentLoss (tau 0.2)"
 
 
@@ -125,19 +118,7 @@ def reference_rounds(
     batches untimed (start-up and the prefetch queue), times ``count`` steps, and stops
     the workers, so they never compete with the other side's timed steps.
     """
-    from torchvision import transforms
-
-    mean, std = data.dataset_stats("cifar10")
-    transform = transforms.Compose(
-        [
-            transforms.RandomResizedCrop(images.shape[-1], scale=(0.08, 1.0)),
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            transforms.RandomGrayscale(p=0.2),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
+    transform = per_image_pipeline(images.shape[-1], *data.dataset_stats("cifar10"))
     dataset = _PairDataset(images.permute(0, 2, 3, 1).contiguous().numpy(), transform)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -179,13 +160,11 @@ def _forever(loader) -> Iterator:
 
 
 def _time(steps: Iterator[None], count: int, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(count):
         next(steps)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -286,13 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{cpu['median_images_per_s']['reference']:.0f} images/s ({cpu['reference']}): "
         f"{cpu['speedup']:.2f}x (goal >= 1.3x: {'met' if cpu['speedup'] >= 1.3 else 'NOT met'})"
     )
-    payload = {"benchmark": "train", "cpu": cpu, "provenance": info}
+    sections: dict = {"cpu": cpu}
     if torch.cuda.is_available() and not args.no_gpu:
         device = torch.device("cuda")
-        payload["gpu"] = cuda_epoch(args, device)
-        payload["gpu_provenance"] = provenance(device)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.out / 'results.json'}")
+        sections["gpu"] = cuda_epoch(args, device)
+        sections["gpu_provenance"] = provenance(device)
+    write_results(args.out, "train", info, **sections)
     return 0
