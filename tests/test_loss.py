@@ -98,7 +98,7 @@ def test_gradcheck_fixed_detached(path):
 
 
 def similarity_loss(s, rule, detach):
-    """L as a function of the similarity matrix, for the closed forms of PAPER.md 2."""
+    """L as a function of the similarity matrix, for the closed forms of chapter 2."""
     n2 = s.shape[0]
     n = n2 // 2
     tau = rule(s)
