@@ -225,7 +225,7 @@ TRAINING_ROWS = (
 
 
 def _epochs(folder: Path) -> list[dict[str, Any]]:
-    from dyntemp.train import METRICS_FILE
+    from dyntemp.runs import METRICS_FILE
 
     text = (folder / METRICS_FILE).read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
