@@ -309,7 +309,7 @@ def evaluate_folder(folder: str | os.PathLike, *, tsne: bool = True) -> None:
     if tsne:
         points = data.balanced_subset(test_set, min(MAP_POINTS, len(test_set)))
         features = evaluate.extract_features(
-            model.backbone, points.images, augment.normalize, device=device
+            model.backbone, points.images, augment.unaugmented, device=device
         )
         embedding["tsne"] = {**tsne_map(features), "labels": points.labels.tolist()}
         embedding["classes"] = list(test_set.classes)

@@ -195,10 +195,9 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
     }
 
 
-def native_bf16_cpu() -> bool:
-    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX on x86)."""
+def load_average() -> tuple[float, float, float] | None:
+    """The 1, 5 and 15-minute load averages, or None where the system has none (Windows)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return None

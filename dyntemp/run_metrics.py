@@ -84,7 +84,7 @@ def evaluate_run(
 
     def features(images: torch.Tensor) -> torch.Tensor:
         return evaluate.extract_features(
-            backbone, images, augment.normalize, batch_size=batch_size, device=device
+            backbone, images, augment.unaugmented, batch_size=batch_size, device=device
         )
 
     train_features, test_features = features(train_set.images), features(test_set.images)

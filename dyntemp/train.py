@@ -117,7 +117,7 @@ def knn_eval(
     Features are extracted in float32, as ``python -m dyntemp eval`` does, so the two agree.
     """
     features = [
-        evaluate.extract_features(backbone, images, augment.normalize, device=device)
+        evaluate.extract_features(backbone, images, augment.unaugmented, device=device)
         for images in (train_images, test_set.images)
     ]
     return evaluate.knn_accuracy(
@@ -197,16 +197,15 @@ class Run:
         self.elapsed = float(state["elapsed"])
 
 
-def start_run(
-    config: TrainConfig, context: distributed.Context, train_set: data.ImageDataset
-) -> Run:
-    """Model, optimiser and views of a new run on the context's device (seeded by config)."""
+def start_run(config: TrainConfig, context: distributed.Context, images: torch.Tensor) -> Run:
+    """Model, optimiser and views of a new run on ``images`` (uint8, N x 3 x H x W), moved to
+    the context's device; everything seeded by the config."""
     device = context.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     dtype = amp_dtype(config.amp, device)
     channels_last = use_channels_last(config.channels_last, device, dtype)
-    images = train_set.images.to(device)
+    images = images.to(device)
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
     if channels_last:
@@ -379,7 +378,7 @@ def _train_in_folder(
     if context.is_main:
         runs.prepare(out, config, context.world_size, state)
     distributed.barrier(context)
-    run = start_run(config, context, train_set)
+    run = start_run(config, context, train_set.images)
     if state.status == "resume":
         checkpoint = runs.load_checkpoint(out / runs.CHECKPOINT_FILE, context.device)
         run.restore(checkpoint, train_set.fingerprint, out)

@@ -365,3 +365,25 @@ def test_lars_with_warmup_follows_the_schedule(fake_root, tmp_path):
     assert lines[1]["lr"] == pytest.approx(optim.cosine_lr(9, 10, 1.0, warmup_steps=5))
     assert "knn_top1" not in lines[0] and "knn_top1" in lines[1]  # eval_every=0: at the end
     assert math.isfinite(results["final"]["loss"])
+
+
+def test_resume_under_another_mixed_precision(fake_root, tmp_path):
+    """A checkpoint of a run without a loss scale (bf16, CPU) resumes under fp16's scaler,
+    and back: Colab hands out different GPUs between sessions."""
+    from dyntemp.distributed import Context
+
+    config = tiny(fake_root, tmp_path / "run")
+    images = torch.randint(0, 256, (80, 3, 32, 32), dtype=torch.uint8)
+    context = Context(0, 1, 0, torch.device("cpu"))
+    unscaled = train.start_run(config, context, images)
+    state = unscaled.state("fingerprint")
+    assert state["scaler"] == {}
+    scaled = train.start_run(config, context, images)
+    scaled.scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    scaled.restore(state, "fingerprint", tmp_path)  # no loss scale to restore: kept
+    assert scaled.scaler.get_scale() == 1024.0
+    scaled_state = scaled.state("fingerprint")
+    assert scaled_state["scaler"]["scale"] == 1024.0
+    train.start_run(config, context, images).restore(scaled_state, "fingerprint", tmp_path)
+    with pytest.raises(ValueError, match="training data differ"):
+        scaled.restore(state, "other data", tmp_path)

@@ -23,7 +23,6 @@ OpenMP pool wait for each other at every operation and the batched figure collap
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ import torch
 from dyntemp.augment import SimCLRAugment
 from dyntemp.bench.common import host_syncs, per_image_pipeline, sync, write_results
 from dyntemp.data import load_dataset
-from dyntemp.provenance import provenance
+from dyntemp.provenance import load_average, provenance, usable_cores
 
 CPU_GOAL = 4.0  # x the per-image pipeline over all cores
 GPU_GOAL = 200_000  # views/s at 32x32
@@ -89,7 +88,7 @@ def check_no_sync(aug: SimCLRAugment, images: torch.Tensor) -> str:
 
 
 def run(batch: int, size: int, rounds: int, batches: int) -> dict:
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     images, source = test_images(batch * batches, size)
     aug = SimCLRAugment(size=size)
     pipeline = per_image_pipeline(size)
@@ -107,7 +106,7 @@ def run(batch: int, size: int, rounds: int, batches: int) -> dict:
         "images": source,
         "cores": cores,
         "torch_threads": torch.get_num_threads(),
-        "load_average": os.getloadavg()[0],
+        "load_average": (load_average() or (float("nan"),))[0],
         "cpu_views_per_s": statistics.median(ours),
         "per_image_views_per_s_all_cores": statistics.median(theirs),
         "per_image_views_per_s_one_core": statistics.median(theirs) / cores,
