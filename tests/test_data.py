@@ -434,6 +434,9 @@ def test_unreadable_pickle_is_named(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(ValueError, match=f"cannot read {bad}"):
         load_dataset("cifar10", root=tmp_path, split="test")
+    bad.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"cannot read {bad}: it is empty or cut short"):
+        load_dataset("cifar10", root=tmp_path, split="test")
 
 
 # -- files that must not be trusted --------------------------------------------------------------
