@@ -193,3 +193,11 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "machine": machine(device),
     }
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """The 1, 5 and 15-minute load averages, or None where the system has none (Windows)."""
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return None

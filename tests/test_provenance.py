@@ -107,3 +107,8 @@ def test_this_machine_answers():
     assert isinstance(provenance.native_bf16_cpu(), bool)
     assert all(v is None or isinstance(v, bool | str) for v in features.values())
     assert provenance.usable_cores() >= 1
+
+
+def test_load_average_without_getloadavg(monkeypatch):
+    monkeypatch.delattr(os, "getloadavg", raising=False)
+    assert provenance.load_average() is None
