@@ -33,6 +33,7 @@ TEMPERATURE_OPTIONS = (
     "period",
     "alpha",
     "a0",
+    "formula",
 )
 
 
@@ -61,6 +62,10 @@ class TrainConfig:
         "evaluate on a class-balanced subset of this many test images (default: all)",
         default=None,
     )
+    image_size: int | None = _doc(
+        "resize every image to this size (default: as stored; needed for folders of mixed sizes)",
+        default=None,
+    )
     imbalance: float | None = _doc(
         "imbalance ratio of cifar10-lt / cifar100-lt (default: 0.01)", default=None
     )
@@ -83,6 +88,10 @@ class TrainConfig:
     period: float | None = _doc("schedule: the period in epochs (paper: 400)", default=None)
     alpha: float | None = _doc("macl: the sensitivity alpha (paper: 0.5)", default=None)
     a0: float | None = _doc("macl: the reference positive similarity A0 (paper: 0)", default=None)
+    formula: str | None = _doc(
+        "formula: tau as a formula of s and progress (epochs), e.g. '0.1 + 0.05*(1 - cos(pi*s))'",
+        default=None,
+    )
     detach_temperature: bool = _doc("stop gradients through the temperature", default=True)
     decoupled: bool = _doc(
         "decoupled contrastive loss (positive not in the denominator)", default=False
@@ -118,6 +127,10 @@ class TrainConfig:
         """The rule named by ``temperature`` with the options given for it."""
         given = {key: getattr(self, key) for key in TEMPERATURE_OPTIONS}
         given = {key: value for key, value in given.items() if value is not None}
+        if self.temperature == "formula":
+            if "formula" not in given:
+                raise ValueError("--temperature formula needs --formula, e.g. '0.2 + 0.1*s**2'")
+            given["max_progress"] = float(max(self.epochs, 1))  # checked over the whole run
         return temperature.from_name(self.temperature, **given)
 
     def check(self) -> None:
@@ -159,6 +172,8 @@ class TrainConfig:
             raise ValueError(f"--blur is a probability, got {self.blur}")
         if self.imbalance is not None:
             _number("imbalance", self.imbalance, positive=True)
+        if self.image_size is not None:
+            _integer("image_size", self.image_size, low=8, high=4096)
         self.temperature_rule()
 
     def as_dict(self) -> dict[str, Any]:
