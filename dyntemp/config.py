@@ -223,6 +223,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "momentum": 0.9,
         "eval_every": 1,
     },
+    # The book's colab scale: ResNet-18 on a class-balanced 20,000 images for 10 epochs, for
+    # a reader with one T4-class GPU. Estimated, until a GPU measures it: a training image
+    # costs two views x (forward + backward, about 3 forwards) x 0.56 GFLOPs (ResNet-18 with
+    # the CIFAR stem at 32x32) = 3.3 GFLOPs; at a sixth of a T4's 65 fp16 TFLOPS, about
+    # 3,000 images/s, so 200,000 images take about 70 s and a run with its evaluations
+    # about 1.5 minutes: 5 runs (chapter 6) in about 8 minutes, the ablations in about 15.
+    "colab": {
+        "model": "resnet18",
+        "subset": 20_000,
+        "test_subset": 5_000,
+        "epochs": 10,
+        "batch_size": 256,
+        "lr": 0.3,
+        "momentum": 0.9,
+        "warmup_epochs": 1.0,
+        "eval_every": 2,
+    },
     # Does everything run? A handful of steps.
     "smoke": {
         "model": "small",
