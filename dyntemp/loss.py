@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from dyntemp.temperature import Fixed, TemperatureRule
 
-__all__ = ["NTXent", "ntxent"]
+__all__ = ["NTXent", "ntxent", "reference_ntxent"]
 
 
 def _as_rule(temperature: TemperatureRule | float) -> TemperatureRule:
@@ -83,7 +83,7 @@ class _PairwiseNTXent(torch.autograd.Function):
         if detach_temperature or not rule.per_pair:
             scale = tau.reciprocal_()  # dL/ds = dL/dx / tau
         else:  # dL/ds = dL/dx * (tau - s tau') / tau^2
-            scale = rule.derivative(logits).mul_(logits).neg_().add_(tau).div_(tau).div_(tau)
+            scale = rule.logit_slope(logits, tau)
             tau.reciprocal_()
             logits.mul_(tau)
             tau = None
@@ -310,3 +310,36 @@ class NTXent(nn.Module):
             f"temperature={self.temperature!r}, detach_temperature={self.detach_temperature}, "
             f"decoupled={self.decoupled}, gather={self.gather}"
         )
+
+
+def reference_ntxent(
+    z1: Tensor,
+    z2: Tensor,
+    temperature: TemperatureRule | float = 0.2,
+    *,
+    detach_temperature: bool = True,
+    decoupled: bool = False,
+    progress: float | None = None,
+) -> Tensor:
+    """NT-Xent in plain autograd, as papers' code writes it: the reference ``ntxent`` is
+    checked against, and the baseline of the benchmarks.
+
+    The temperature of each pair is the rule on the true similarities; the self-pair is
+    masked; with ``decoupled`` the positive leaves the denominator.
+    """
+    _check_inputs(z1, z2)
+    rule = _as_rule(temperature)
+    n = z1.shape[0]
+    z = nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+    sims = z @ z.T
+    positive_mean = (z[:n] * z[n:]).sum(1).mean().detach() if rule.needs_positive_mean else None
+    tau = rule(sims, progress, positive_mean)
+    logits = sims / (tau.detach() if detach_temperature or not rule.per_pair else tau)
+    rows = torch.arange(2 * n, device=z.device)
+    positive_index = torch.cat([rows[n:], rows[:n]])
+    positive = logits[rows, positive_index]
+    masked = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    if decoupled:
+        masked[rows, positive_index] = True
+    denominator = logits.masked_fill(masked, float("-inf")).logsumexp(dim=1)
+    return (denominator - positive).mean()

@@ -8,11 +8,18 @@ temperature of every pair, a tensor of the same shape::
 
 ``rule.sympy(s)`` returns the very same rule as a SymPy expression of the symbol ``s``, so
 the book derives its mathematics from the definitions the loss uses; with
-``symbolic=True`` the parameters stay symbols too. ``rule.derivative(s)`` is d tau / d s,
-used by the loss when gradients flow through the temperature.
+``symbolic=True`` the parameters stay symbols too. ``rule.derivative(s)`` is d tau / d s and
+``rule.logit_slope(s)`` the slope of the effective logit, d(s / tau) / ds, for a tensor or a
+SymPy symbol alike: the loss uses it when gradients flow through the temperature, the book
+when it analyses a rule.
 
 Some rules need more than the similarity: ``CosineSchedule`` reads the training
-``progress`` (in epochs), ``MACL`` the batch's mean positive similarity ``positive_mean``.
+``progress`` (in epochs), ``MACL`` the batch's mean positive similarity ``positive_mean``;
+``tau`` and ``sympy`` take both under those names.
+
+Every rule is built by name with the options of the command line:
+``from_name("exponential", tau_min=0.1, tau_max=0.2, rate=3.5)``; ``rule.params()`` gives
+them back.
 """
 
 from __future__ import annotations
@@ -94,7 +101,7 @@ class TemperatureRule:
             raise ValueError(f"{self!r} needs the batch's mean positive similarity")
 
     def derivative(self, s: Tensor) -> Tensor:
-        """d tau / d s, elementwise, broadcastable to ``s``.
+        """d tau / d s, elementwise, broadcastable to ``s`` (0-d for rules that ignore s).
 
         The generic version differentiates ``tau`` with autograd; rules override it with
         their closed form.
@@ -104,28 +111,63 @@ class TemperatureRule:
             (grad,) = torch.autograd.grad(self.tau(x).sum(), x)
         return grad
 
+    def logit_slope(
+        self,
+        s: Tensor | sp.Expr,
+        tau: Tensor | None = None,
+        *,
+        progress: float | sp.Expr | None = None,
+        positive_mean: Tensor | sp.Expr | None = None,
+    ) -> Tensor | sp.Expr:
+        """d(s / tau(s)) / ds = (tau - s tau'(s)) / tau^2, the slope of the effective logit.
+
+        For a tensor ``s`` a tensor of its shape (``tau``, if given, is ``self.tau(s)``
+        already computed, and is left unchanged); for a SymPy symbol the expression, from
+        ``self.sympy``.
+        """
+        if isinstance(s, sp.Basic):
+            tau_s = self.sympy(s, progress=progress, positive_mean=positive_mean)
+            return (tau_s - s * sp.diff(tau_s, s)) / tau_s**2
+        if tau is None:
+            tau = self.tau(s, progress, positive_mean)
+        slope = self.derivative(s) * s  # out of place: the derivative may be 0-d
+        return slope.neg_().add_(tau).div_(tau).div_(tau)
+
     def __call__(
         self, s: Tensor, progress: float | None = None, positive_mean: Tensor | None = None
     ) -> Tensor:
         self.check_inputs(progress, positive_mean)
         return self.tau(s, progress, positive_mean).expand_as(s)
 
-    def sympy(self, s: sp.Symbol, t: sp.Symbol | None = None, symbolic: bool = False) -> sp.Expr:
-        """The rule as a SymPy expression of the similarity symbol ``s``."""
+    def sympy(
+        self,
+        s: sp.Expr,
+        *,
+        progress: sp.Expr | float | None = None,
+        positive_mean: sp.Expr | float | None = None,
+        symbolic: bool = False,
+    ) -> sp.Expr:
+        """The rule as a SymPy expression of the similarity symbol ``s``.
+
+        ``progress`` (epochs) and ``positive_mean`` are the other inputs of the rules that
+        read them (a symbol ``t`` or ``A`` when not given); ``symbolic=True`` keeps the
+        parameters as symbols.
+        """
         raise NotImplementedError
 
-    def _params(self) -> dict[str, float]:
+    def params(self) -> dict[str, float]:
+        """The rule's parameters, by the names its constructor (and the command line) takes."""
         return dict(vars(self))
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v:g}" for k, v in self._params().items())
+        args = ", ".join(f"{k}={v:g}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self._params() == other._params()  # type: ignore[attr-defined]
+        return type(self) is type(other) and self.params() == other.params()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(self._params().items())))
+        return hash((type(self).__name__, tuple(self.params().items())))
 
 
 class Fixed(TemperatureRule):
@@ -136,16 +178,16 @@ class Fixed(TemperatureRule):
     def __init__(self, tau: float = 0.2) -> None:
         self.tau_value = _check_positive("tau", tau)
 
-    def _params(self) -> dict[str, float]:
+    def params(self) -> dict[str, float]:
         return {"tau": self.tau_value}
 
     def tau(self, s, progress=None, positive_mean=None):
-        return s.new_tensor(self.tau_value)
+        return s.new_full((), self.tau_value)  # a fill, not a host-to-device copy
 
     def derivative(self, s: Tensor) -> Tensor:
         return s.new_zeros(())
 
-    def sympy(self, s, t=None, symbolic=False):
+    def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
         return _exact("tau", self.tau_value, symbolic)
 
 
@@ -167,7 +209,7 @@ class DySTreSS(TemperatureRule):
         half = 0.5 * (self.tau_max - self.tau_min)
         return s.mul(math.pi).sin_().mul_(half * math.pi)
 
-    def sympy(self, s, t=None, symbolic=False):
+    def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
         lo = _exact("tau_min", self.tau_min, symbolic)
         hi = _exact("tau_max", self.tau_max, symbolic)
         return lo + (hi - lo) / 2 * (1 + sp.cos(sp.pi * (1 + s)))
@@ -198,7 +240,7 @@ class ShiftedDySTreSS(TemperatureRule):
         slope = -half * math.pi / self.width * torch.sin(phase)
         return torch.where(s <= -self.shift, slope, torch.zeros_like(slope))
 
-    def sympy(self, s, t=None, symbolic=False):
+    def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
         lo = _exact("tau_min", self.tau_min, symbolic)
         hi = _exact("tau_max", self.tau_max, symbolic)
         shift = sp.Symbol("Delta_s", real=True) if symbolic else sp.Rational(repr(self.shift))
@@ -219,35 +261,38 @@ class Linear(TemperatureRule):
     def derivative(self, s):
         return (self.tau_max - self.tau_min) * torch.sign(s)
 
-    def sympy(self, s, t=None, symbolic=False):
+    def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
         lo = _exact("tau_min", self.tau_min, symbolic)
         hi = _exact("tau_max", self.tau_max, symbolic)
         return lo + (hi - lo) * sp.Abs(s)
 
 
 class Exponential(TemperatureRule):
-    """tau(s) = max(a - b e^{-cs}, a - b e^{cs}) = a - b e^{-c|s|}: a - b at s = 0."""
+    """tau(s) = a - b e^{-c|s|} with a = tau_max, a - b = tau_min = tau(0) and c = rate.
 
-    def __init__(self, a: float = 0.2, b: float = 0.1, c: float = 3.5) -> None:
-        self.a = _check_positive("a", a)
-        self.b = _check_finite("b", b)
-        self.c = _check_finite("c", c)
-        if not 0 <= self.b < self.a:
-            raise ValueError(f"b must be in [0, a) so that tau > 0, got a={self.a}, b={self.b}")
-        if self.c < 0:
-            raise ValueError(f"c must be >= 0, got {self.c}")
+    The same as max(a - b e^{-cs}, a - b e^{cs}); it rises from tau_min at s = 0 towards
+    tau_max as |s| grows (to a - b e^{-c} at |s| = 1).
+    """
+
+    def __init__(self, tau_min: float = 0.1, tau_max: float = 0.2, rate: float = 3.5) -> None:
+        self.tau_min, self.tau_max = _check_range(tau_min, tau_max)
+        self.rate = _check_finite("rate", rate)
+        if self.rate < 0:
+            raise ValueError(f"rate must be >= 0, got {self.rate}")
 
     def tau(self, s, progress=None, positive_mean=None):
-        return self.a - self.b * torch.exp(-self.c * s.abs())
+        b = self.tau_max - self.tau_min
+        return self.tau_max - b * torch.exp(-self.rate * s.abs())
 
     def derivative(self, s):
-        return self.b * self.c * torch.sign(s) * torch.exp(-self.c * s.abs())
+        b = self.tau_max - self.tau_min
+        return b * self.rate * torch.sign(s) * torch.exp(-self.rate * s.abs())
 
-    def sympy(self, s, t=None, symbolic=False):
-        a = _exact("a", self.a, symbolic)
-        b = _exact("b", self.b, symbolic)
-        c = _exact("c", self.c, symbolic)
-        return a - b * sp.exp(-c * sp.Abs(s))
+    def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
+        lo = _exact("tau_min", self.tau_min, symbolic)
+        hi = _exact("tau_max", self.tau_max, symbolic)
+        c = _exact("c", self.rate, symbolic)
+        return hi - (hi - lo) * sp.exp(-c * sp.Abs(s))
 
 
 class CosineSchedule(TemperatureRule):
@@ -266,14 +311,14 @@ class CosineSchedule(TemperatureRule):
     def tau(self, s, progress=None, positive_mean=None):
         t = float(progress) if progress is not None else 0.0
         half = 0.5 * (self.tau_max - self.tau_min)
-        return s.new_tensor(self.tau_min + half * (1.0 + math.cos(2 * math.pi * t / self.period)))
+        value = self.tau_min + half * (1.0 + math.cos(2 * math.pi * t / self.period))
+        return s.new_full((), value)  # a fill, not a host-to-device copy
 
     def derivative(self, s):
         return s.new_zeros(())
 
-    def sympy(self, s, t=None, symbolic=False):
-        if t is None:
-            t = sp.Symbol("t", nonnegative=True)
+    def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
+        t = sp.Symbol("t", nonnegative=True) if progress is None else sp.sympify(progress)
         lo = _exact("tau_min", self.tau_min, symbolic)
         hi = _exact("tau_max", self.tau_max, symbolic)
         period = _exact("T", self.period, symbolic)
@@ -281,17 +326,17 @@ class CosineSchedule(TemperatureRule):
 
 
 class MACL(TemperatureRule):
-    """MACL's model-aware temperature: tau = tau0 (1 + alpha (A - a0)).
+    """MACL's model-aware temperature: tau = tau (1 + alpha (A - a0)).
 
     A is the batch's mean positive similarity, detached, so the temperature is one number
-    for the whole batch. ``sympy`` takes A as its second symbol.
+    for the whole batch. ``sympy`` reads A as ``positive_mean`` (a symbol ``A`` if not given).
     """
 
     per_pair = False
     needs_positive_mean = True
 
-    def __init__(self, tau0: float = 0.1, alpha: float = 0.5, a0: float = 0.0) -> None:
-        self.tau0 = _check_positive("tau0", tau0)
+    def __init__(self, tau: float = 0.1, alpha: float = 0.5, a0: float = 0.0) -> None:
+        self.tau0 = _check_positive("tau", tau)
         self.alpha = _check_finite("alpha", alpha)
         self.a0 = _check_finite("a0", a0)
         lowest = min(1 + self.alpha * (a - self.a0) for a in (-1.0, 1.0))
@@ -301,6 +346,9 @@ class MACL(TemperatureRule):
                 f"got alpha={self.alpha}, a0={self.a0}"
             )
 
+    def params(self) -> dict[str, float]:
+        return {"tau": self.tau0, "alpha": self.alpha, "a0": self.a0}
+
     def tau(self, s, progress=None, positive_mean=None):
         a = torch.as_tensor(0.0 if positive_mean is None else positive_mean).detach()
         return (self.tau0 * (1.0 + self.alpha * (a - self.a0))).to(s)
@@ -308,8 +356,8 @@ class MACL(TemperatureRule):
     def derivative(self, s):
         return s.new_zeros(())
 
-    def sympy(self, s, t=None, symbolic=False):
-        a = t if t is not None else sp.Symbol("A", real=True)
+    def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
+        a = sp.Symbol("A", real=True) if positive_mean is None else sp.sympify(positive_mean)
         tau0 = _exact("tau_0", self.tau0, symbolic)
         alpha = _exact("alpha", self.alpha, symbolic)
         a0 = sp.Symbol("A_0", real=True) if symbolic else sp.Rational(repr(self.a0))
@@ -335,14 +383,13 @@ def from_name(name: str, **params: Any) -> TemperatureRule:
     try:
         cls = _RULES[name.lower()]
     except (KeyError, AttributeError):
-        raise ValueError(
-            f"unknown temperature rule {name!r}; known: {', '.join(NAMES)}"
-        ) from None
+        raise ValueError(f"unknown temperature rule {name!r}; known: {', '.join(NAMES)}") from None
     allowed = [p for p in inspect.signature(cls).parameters]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
+        verb = "does" if len(unknown) == 1 else "do"
         raise ValueError(
-            f"bad parameters for temperature rule {name!r}: {', '.join(unknown)}; "
-            f"it takes {', '.join(allowed)}"
+            f"{', '.join(unknown)} {verb} not apply to the temperature rule {name!r}, "
+            f"which takes {', '.join(allowed)}"
         )
     return cls(**params)

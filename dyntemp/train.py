@@ -46,16 +46,6 @@ LOG_EVERY = 25  # steps between progress-bar updates and non-finite checks
 # The fields of TrainConfig that may differ between a run and its resumption.
 _RESUMABLE_DIFFERENCES = ("out", "force", "progress", "data_root", "download", "compile")
 
-# Which temperature options each rule takes, and under which parameter name.
-_RULE_OPTIONS: dict[str, dict[str, str]] = {
-    "fixed": {"tau": "tau"},
-    "dystress": {"tau_min": "tau_min", "tau_max": "tau_max"},
-    "shifted": {"tau_min": "tau_min", "tau_max": "tau_max", "shift": "shift", "width": "width"},
-    "linear": {"tau_min": "tau_min", "tau_max": "tau_max"},
-    "exponential": {"tau_min": "tau_min", "tau_max": "tau_max", "rate": "c"},
-    "schedule": {"tau_min": "tau_min", "tau_max": "tau_max", "period": "period"},
-    "macl": {"tau": "tau0", "alpha": "alpha", "a0": "a0"},
-}
 _TEMPERATURE_OPTIONS = (
     "tau",
     "tau_min",
@@ -142,29 +132,9 @@ class TrainConfig:
 
     def temperature_rule(self) -> temperature.TemperatureRule:
         """The rule named by ``temperature`` with the options given for it."""
-        name = self.temperature.lower()
-        if name not in _RULE_OPTIONS:
-            known = ", ".join(temperature.NAMES)
-            raise ValueError(f"unknown temperature rule {self.temperature!r}; known: {known}")
-        accepted = _RULE_OPTIONS[name]
         given = {key: getattr(self, key) for key in _TEMPERATURE_OPTIONS}
         given = {key: value for key, value in given.items() if value is not None}
-        foreign = sorted(set(given) - set(accepted))
-        if foreign:
-            raise ValueError(
-                f"{', '.join(foreign)} do not apply to the {name} rule; it takes "
-                f"{', '.join(accepted)}"
-            )
-        if name == "exponential":  # a - b = tau(0) = tau_min, a = tau_max
-            high = given.get("tau_max", 0.2)
-            low = given.get("tau_min", high - 0.1)
-            if low > high:
-                raise ValueError(f"tau_min must not exceed tau_max, got {low} > {high}")
-            params = {"a": high, "b": high - low}
-            if "rate" in given:
-                params["c"] = given["rate"]
-            return temperature.from_name(name, **params)
-        return temperature.from_name(name, **{accepted[k]: v for k, v in given.items()})
+        return temperature.from_name(self.temperature, **given)
 
     def check(self) -> None:
         """Raise ValueError with one clear line for any setting that cannot run."""
@@ -641,7 +611,7 @@ def _results(
         "temperature": {
             "name": config.temperature,
             "rule": repr(rule),
-            "params": dict(rule._params()),
+            "params": rule.params(),
             "detached": config.detach_temperature,
             "decoupled": config.decoupled,
         },

@@ -257,3 +257,35 @@ def test_far_positive_takes_the_row_by_row_path():
     torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=1e-4)
     torch.testing.assert_close(g1.double(), e1, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(g2.double(), e2, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("decoupled", [False, True], ids=["ntxent", "dcl"])
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-graph"])
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_reference_ntxent_matches_the_anchor_by_anchor_reference(rule, detach, decoupled):
+    from dyntemp.loss import reference_ntxent
+
+    z1, z2 = views(dtype=torch.float64)
+    options = {"detach_temperature": detach, "decoupled": decoupled, "progress": 3.0}
+    ours = reference_ntxent(z1, z2, rule, **options)
+    theirs = reference(z1, z2, rule, detach=detach, decoupled=decoupled)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(ours, (z1, z2))
+    expected = torch.autograd.grad(theirs, (z1, z2))
+    for a, b in zip(grads, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_in_graph_temperature_with_a_0d_derivative():
+    """A per-pair rule may return a 0-d derivative (the base class says broadcastable)."""
+
+    class Flat(T.TemperatureRule):
+        def tau(self, s, progress=None, positive_mean=None):
+            return torch.full_like(s, 0.2)
+
+        def derivative(self, s):
+            return s.new_zeros(())
+
+    z1, z2 = views(dtype=torch.float64)
+    loss = ntxent(z1, z2, Flat(), detach_temperature=False)
+    torch.testing.assert_close(loss, ntxent(z1, z2, 0.2))

@@ -84,4 +84,3 @@ def test_two_processes_equal_one(distributed_results, name):
         # each rank's inputs get the sum over ranks' losses: WORLD x the full-batch gradient
         torch.testing.assert_close(got["x1"] / WORLD, g1[mine], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(got["x2"] / WORLD, g2[mine], rtol=1e-5, atol=1e-7)
-

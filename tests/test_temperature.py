@@ -20,12 +20,12 @@ PER_PAIR = [
     T.ShiftedDySTreSS(0.05, 0.3, shift=-0.2, width=0.5),
     T.Linear(0.1, 0.2),
     T.Exponential(),
-    T.Exponential(0.3, 0.2, 1.0),
+    T.Exponential(tau_min=0.1, tau_max=0.3, rate=1.0),
 ]
 
 
 def sympy_values(rule: T.TemperatureRule, s: torch.Tensor, **subs: float) -> torch.Tensor:
-    expr = rule.sympy(S, **({"t": sp.Symbol("t")} if subs else {}))
+    expr = rule.sympy(S, **subs)
     f = sp.lambdify([S, *[sp.Symbol(k) for k in subs]], expr, "math")
     return torch.tensor([float(f(float(x), *subs.values())) for x in s], dtype=s.dtype)
 
@@ -70,7 +70,7 @@ def test_shifted_matches_paper_points() -> None:
 
 
 def test_exponential_profile_values() -> None:
-    rule = T.Exponential()  # (a, b, c) = (0.2, 0.1, 3.5)
+    rule = T.Exponential()  # tau_min = a - b = 0.1, tau_max = a = 0.2, rate c = 3.5
     values = rule(torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64))
     assert values[1].item() == pytest.approx(0.1)
     assert values[0].item() == pytest.approx(0.2 - 0.1 * math.exp(-3.5))
@@ -99,19 +99,20 @@ def test_schedule_over_time() -> None:
     assert torch.allclose(rule(s, progress=200.0), torch.tensor(0.1))
     t = sp.Symbol("t")
     for epoch in (0.0, 37.5, 123.0, 350.0):
-        expected = float(rule.sympy(S, t).subs(t, epoch))
+        expected = float(rule.sympy(S, progress=t).subs(t, epoch))
         assert rule(s, progress=epoch)[0, 0].item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="progress"):
         rule(s)
 
 
 def test_macl_reads_positive_mean() -> None:
-    rule = T.MACL(tau0=0.1, alpha=0.5, a0=0.2)
+    rule = T.MACL(tau=0.1, alpha=0.5, a0=0.2)
     s = torch.zeros(3)
     tau = rule(s, positive_mean=torch.tensor(0.6))
     assert torch.allclose(tau, torch.full((3,), 0.1 * (1 + 0.5 * 0.4)))
     a = sp.Symbol("A")
-    assert rule.sympy(S, a).subs(a, sp.Rational(3, 5)) == sp.Rational(12, 100)
+    assert rule.sympy(S, positive_mean=a).subs(a, sp.Rational(3, 5)) == sp.Rational(12, 100)
+    assert rule.sympy(S, positive_mean=sp.Rational(3, 5)) == sp.Rational(12, 100)
     with pytest.raises(ValueError, match="positive similarity"):
         rule(s)
 
@@ -131,10 +132,11 @@ def test_symbolic_parameters() -> None:
         ("dystress", {"tau_min": float("inf")}, "tau_min must be a finite number"),
         ("shifted", {"width": 0.0}, "width must be > 0"),
         ("linear", {"tau_min": -0.1}, "tau_min must be > 0"),
-        ("exponential", {"b": 0.3}, r"b must be in \[0, a\)"),
+        ("exponential", {"rate": -1.0}, "rate must be >= 0"),
+        ("exponential", {"tau_min": 0.3, "tau_max": 0.2}, "tau_min must be <= tau_max"),
         ("schedule", {"period": 0}, "period must be > 0"),
         ("macl", {"alpha": 2.0}, "alpha and a0"),
-        ("dystress", {"tau": 0.2}, "bad parameters for temperature rule 'dystress'"),
+        ("dystress", {"tau": 0.2}, "tau does not apply to the temperature rule 'dystress'"),
         ("warm", {}, "unknown temperature rule 'warm'; known: fixed, dystress"),
     ],
 )
@@ -148,3 +150,50 @@ def test_from_name_builds_every_rule() -> None:
     assert T.from_name("FIXED", tau=0.5) == T.Fixed(0.5)
     for name in T.NAMES:
         assert isinstance(T.from_name(name), T.TemperatureRule)
+
+
+ALL_RULES = [
+    *PER_PAIR,
+    T.Fixed(0.2),
+    T.CosineSchedule(0.1, 1.0, period=40),
+    T.MACL(0.1, 0.5, 0.0),
+]
+
+
+@pytest.mark.parametrize("rule", ALL_RULES, ids=repr)
+def test_params_rebuild_the_rule(rule: T.TemperatureRule) -> None:
+    name = {v: k for k, v in T._RULES.items()}[type(rule)]
+    assert T.from_name(name, **rule.params()) == rule
+
+
+@pytest.mark.parametrize("rule", PER_PAIR, ids=repr)
+def test_logit_slope_torch_matches_sympy(rule: T.TemperatureRule) -> None:
+    expr = rule.logit_slope(S)
+    assert sp.simplify(expr - sp.diff(S / rule.sympy(S), S)) == 0
+    f = sp.lambdify(S, expr, "math")
+    expected = torch.tensor([float(f(float(x))) for x in GRID], dtype=GRID.dtype)
+    torch.testing.assert_close(rule.logit_slope(GRID), expected, rtol=0, atol=1e-9)
+
+
+def test_logit_slope_takes_the_other_inputs() -> None:
+    rule = T.MACL(0.1, 0.5, 0.0)
+    slope = rule.logit_slope(S, positive_mean=sp.Rational(1, 2))
+    assert slope == 1 / (sp.Rational(1, 10) * sp.Rational(5, 4))
+    s = torch.tensor([0.3, -0.2])
+    tau = rule.tau(s, positive_mean=torch.tensor(0.5))
+    torch.testing.assert_close(rule.logit_slope(s, tau), torch.full((2,), 8.0))
+
+
+class _FlatSlope(T.TemperatureRule):
+    """A per-pair rule whose derivative is a 0-d tensor, as the base class allows."""
+
+    def tau(self, s, progress=None, positive_mean=None):
+        return torch.full_like(s, 0.25)
+
+    def derivative(self, s):
+        return s.new_zeros(())
+
+
+def test_logit_slope_broadcasts_a_0d_derivative() -> None:
+    s = torch.rand(3, 3)
+    torch.testing.assert_close(_FlatSlope().logit_slope(s), torch.full((3, 3), 4.0))

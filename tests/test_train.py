@@ -71,10 +71,10 @@ def test_temperature_options_map_to_each_rule():
         0.1, 0.2, -0.3, 0.5
     )
     assert rule("linear", tau_max=0.3) == temperature.Linear(0.1, 0.3)
-    # tau(0) = a - b = tau_min and a = tau_max: the paper's (0.2, 0.1, 3.5) by default.
-    assert rule("exponential") == temperature.Exponential(0.2, 0.1, 3.5)
+    # tau(0) = a - b = tau_min and a = tau_max: the paper's (a, b, c) = (0.2, 0.1, 3.5).
+    assert rule("exponential") == temperature.Exponential(0.1, 0.2, 3.5)
     assert rule("exponential", tau_min=0.05, tau_max=0.3, rate=2.0) == temperature.Exponential(
-        0.3, 0.25, 2.0
+        tau_min=0.05, tau_max=0.3, rate=2.0
     )
     assert rule("schedule", period=100) == temperature.CosineSchedule(0.1, 1.0, 100)
     assert rule("macl", tau=0.2, alpha=0.3) == temperature.MACL(0.2, 0.3, 0.0)
@@ -87,7 +87,10 @@ def test_temperature_options_map_to_each_rule():
         ({"model": "vgg"}, "unknown model"),
         ({"temperature": "warm"}, "unknown temperature rule"),
         ({"tau_min": 0.3, "tau_max": 0.2}, "tau_min"),
-        ({"temperature": "fixed", "tau_min": 0.1}, "do not apply to the fixed rule"),
+        (
+            {"temperature": "fixed", "tau_min": 0.1},
+            "tau_min does not apply to the temperature rule 'fixed', which takes tau",
+        ),
         ({"epochs": 0}, "epochs must be positive"),
         ({"batch_size": -1}, "batch_size must be positive"),
         ({"optimizer": "adam"}, "unknown optimizer"),

@@ -175,8 +175,13 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dyntemp bench loss", description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096],
-                        help="numbers of views 2N (default: 256 1024 4096)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[256, 1024, 4096],
+        help="numbers of views 2N (default: 256 1024 4096)",
+    )
     parser.add_argument("--dim", type=int, default=128, help="embedding dimension D")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per loss and size")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -188,17 +193,21 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--dim and --repeats must be positive")
     device = torch.device(args.device)
     info = provenance(device)
-    print(f"machine: {info['machine']['device']}, {info['machine']['cpu_cores']} cores, "
-          f"torch {info['torch']}, {torch.get_num_threads()} threads")
+    print(
+        f"machine: {info['machine']['device']}, {info['machine']['cpu_cores']} cores, "
+        f"torch {info['torch']}, {torch.get_num_threads()} threads"
+    )
     rows = run(args.sizes, args.dim, args.repeats, device)
     print(format_table(rows))
     goal = [r for r in rows if r["views"] == 1024 and r["loss"].startswith("dyntemp ntxent, DyS")]
     if goal and goal[0]["time_vs_lightly"] is not None:
         r = goal[0]
         met = r["time_vs_lightly"] <= 0.5 and (r["memory_vs_lightly"] or 0) <= 1.0
-        print(f"goal at 2N = 1024 (time <= 0.5x lightly, memory <= 1x): "
-              f"time {r['time_vs_lightly']:.2f}x, memory {r['memory_vs_lightly']:.2f}x "
-              f"-> {'met' if met else 'NOT met'}")
+        print(
+            f"goal at 2N = 1024 (time <= 0.5x lightly, memory <= 1x): "
+            f"time {r['time_vs_lightly']:.2f}x, memory {r['memory_vs_lightly']:.2f}x "
+            f"-> {'met' if met else 'NOT met'}"
+        )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         payload = {"benchmark": "loss", "rows": rows, "provenance": info}
