@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install data test test-unit test-notebooks test-experiments study book lint bench clean
+.PHONY: install data test test-unit test-notebooks test-experiments study book lint bench gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,7 @@ install: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: lint book test-notebooks test-experiments test-unit
 
@@ -64,6 +65,10 @@ bench: $(STAMP)
 	$(BIN)/python -m dyntemp bench loss
 	$(BIN)/python -m dyntemp bench augment
 	$(BIN)/python -m dyntemp bench train
+
+# The GPU check (at most 5 minutes on one GPU): every CUDA path once, results/bench-gpu.
+gpu-check: $(STAMP)
+	$(BIN)/python -m dyntemp bench gpu --out results/bench-gpu
 
 clean:
 	rm -rf _build .pytest_cache

@@ -9,7 +9,7 @@ import sys
 import types
 import typing
 
-BENCHMARKS = ("loss", "augment", "train")
+BENCHMARKS = ("loss", "augment", "train", "gpu")
 
 
 def _bench(args: argparse.Namespace, rest: list[str]) -> int:
@@ -20,35 +20,41 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _train(args: argparse.Namespace, rest: list[str]) -> int:
-    from dyntemp import train
+    from dyntemp import config as configs
+    from dyntemp import runs, train
 
     given = {
         f.name: getattr(args, f.name)
-        for f in dataclasses.fields(train.TrainConfig)
+        for f in dataclasses.fields(configs.TrainConfig)
         if hasattr(args, f.name)
     }
-    config = train.preset(args.preset, **given) if args.preset else train.TrainConfig(**given)
+    config = configs.preset(args.preset, **given) if args.preset else configs.TrainConfig(**given)
+    config.check()
+    earlier = runs.is_finished(config.out) and not config.force
     command = shlex.join(["python", "-m", "dyntemp", *args.argv])
     results = train.train(config, command=command)
-    if results.get("knn_top1") is not None:
-        print(
-            f"kNN top-1 {results['knn_top1']:.2f} % after {results['epochs']} epochs; "
-            f"results in {config.out}/results.json"
-        )
+    where = f"{config.out}/{runs.RESULTS_FILE}"
+    accuracy = results.get("knn_top1")
+    said = f"kNN top-1 {accuracy:.2f} % " if accuracy is not None else ""
+    if earlier:
+        print(f"the run in {config.out} finished earlier: {said}after {results['epochs']} epochs")
+    else:
+        print(f"{said}after {results['epochs']} epochs; results in {where}")
     return 0
 
 
 def _eval(args: argparse.Namespace, rest: list[str]) -> int:
-    from dyntemp import runs
+    from dyntemp import run_metrics, runs
 
-    metrics = runs.evaluate_run(
+    metrics = run_metrics.evaluate_run(
         args.run_dir,
         linear=args.linear,
         device=args.device,
         data_root=args.data_root,
         batch_size=args.batch_size,
+        unfinished=args.unfinished,
     )
-    print(runs.summary(metrics))
+    print(run_metrics.summary(metrics))
     print(f"written to {args.run_dir}/{runs.EVAL_FILE}")
     return 0
 
@@ -63,7 +69,7 @@ def _field_type(annotation: typing.Any) -> type:
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, named after it; absent flags keep the default."""
-    from dyntemp.train import PRESETS, TrainConfig
+    from dyntemp.config import PRESETS, TrainConfig
 
     parser.add_argument(
         "--preset",
@@ -74,25 +80,44 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         kind = _field_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        default = f.default
         text = f.metadata.get("help", "")
+        if f.default is not None and "default" not in text:  # None: the text says what
+            text = f"{text} (default: {f.default})"
         if kind is bool:
             parser.add_argument(
                 flag,
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
-                help=f"{text} (default: {default})",
+                help=text,
             )
         else:
             parser.add_argument(
                 flag,
                 dest=f.name,
-                type=kind,
+                type=_parse(kind),
                 default=argparse.SUPPRESS,
                 metavar=f.name.upper(),
-                help=f"{text} (default: {default})",
+                help=text,
             )
+
+
+def _parse(kind: type) -> typing.Callable[[str], typing.Any]:
+    """int and float as argparse uses them, named for its messages ("invalid int value")."""
+    if kind is int:
+
+        def whole(text: str) -> int:
+            try:
+                return int(text)
+            except ValueError:
+                number = float(text)  # "1e3" is a whole number too; "abc" stays an error
+                if not number.is_integer():
+                    raise
+                return int(number)
+
+        whole.__name__ = "int"
+        return whole
+    return kind
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,9 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--data-root", default=None, help="data folder, if it moved")
     evaluate.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
+    evaluate.add_argument(
+        "--unfinished",
+        action="store_true",
+        help="evaluate the last checkpoint of an unfinished run",
+    )
     evaluate.set_defaults(handler=_eval)
     bench = commands.add_parser("bench", help="benchmarks, side by side in one run")
-    bench.add_argument("what", choices=BENCHMARKS)
+    bench.add_argument("what", choices=BENCHMARKS, metavar="{" + ",".join(BENCHMARKS) + "}")
     bench.set_defaults(handler=_bench)
     return parser
 
@@ -142,12 +172,25 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args, rest)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
+    except NonFiniteLossError as error:  # the run failed, not the command
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except (ValueError, OverflowError, OSError) as error:  # what a user can cause and fix
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (an OSError with the file it concerns)."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        text = f"{error.strerror}{where}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

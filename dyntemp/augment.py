@@ -15,7 +15,7 @@ per-image pipeline, and each operation runs once for the whole batch:
 Every operation matches torchvision's functional op on the same parameters to float32
 rounding (the tests allow 1e-5 on [0, 1] values).
 
-``view_batches`` turns a uint8 dataset tensor into shuffled mini-batches of two views,
+``ViewBatches`` turns a uint8 dataset tensor into shuffled mini-batches of two views,
 reproducible from (seed, epoch) and independent of the number of processes.
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -73,93 +73,128 @@ class ViewParams:
         return ViewParams(**{name: value[index] for name, value in self._items()})
 
     def to(self, device: torch.device | str) -> ViewParams:
-        """The same parameters on ``device``, copied without waiting for the device."""
-        return ViewParams(
-            **{name: value.to(device, non_blocking=True) for name, value in self._items()}
-        )
+        """The same parameters on ``device``.
+
+        Host to device copies do not wait for the device (``non_blocking``; from pageable
+        memory the data is staged at once, so the host may reuse it). Copies to the host
+        are blocking: a non-blocking one could be read before it has arrived.
+        """
+        device = torch.device(device)
+        return ViewParams(**{name: _copy(value, device) for name, value in self._items()})
 
     def _items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for field in dataclasses.fields(self):
             yield field.name, getattr(self, field.name)
 
 
-class SimCLRAugment:
-    """SimCLR's two-view augmentation for a batch of uint8 images, each with its own draw.
+def _copy(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; non-blocking only from the host to an accelerator."""
+    to_accelerator = tensor.device.type == "cpu" and device.type != "cpu"
+    return tensor.to(device, non_blocking=to_accelerator)
 
-    ``aug(images, generator)`` returns float32 views (B x 3 x size x size) on the images'
-    device, normalised with ``mean``/``std`` unless ``normalize=False`` (then in [0, 1]).
-    ``generator`` is a ``torch.Generator`` on the images' device or on the CPU; a CPU
-    generator gives the same views on every device.
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSettings:
+    """Every setting of ``SimCLRAugment``, checked once; the defaults are SimCLR's for CIFAR.
 
     The steps and their torchvision equivalents (the tests check each one against it):
     ``RandomResizedCrop(size, scale, ratio)`` (bilinear, the crop sampler's ten trials and
     fallback), ``RandomHorizontalFlip(flip)``, ``RandomApply([ColorJitter(*jitter)],
     jitter_p)`` (the four operations in a random order per image), ``RandomGrayscale(gray_p)``,
     ``RandomApply([GaussianBlur(blur_kernel, (0.1, 2.0))], blur_p)``,
-    ``RandomSolarize(0.5, solarize_p)``, ``Normalize(mean, std)``.
+    ``RandomSolarize(0.5, solarize_p)``, ``Normalize(mean, std)`` unless ``normalize=False``.
+    ``blur_kernel=None`` means SimCLR's choice: 10 % of ``size``, made odd, at least 3.
     """
 
-    def __init__(
-        self,
-        size: int = 32,
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip: float = 0.5,
-        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
-        jitter_p: float = 0.8,
-        gray_p: float = 0.2,
-        blur_p: float = 0.0,
-        solarize_p: float = 0.0,
-        mean: Sequence[float] = CIFAR10_MEAN,
-        std: Sequence[float] = CIFAR10_STD,
-        normalize: bool = True,
-        blur_kernel: int | None = None,
-    ) -> None:
-        if not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"scale must satisfy 0 < min <= max, got {scale}")
-        if not 0 < ratio[0] <= ratio[1]:
-            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
-        for name, p in (
-            ("flip", flip),
-            ("jitter_p", jitter_p),
-            ("gray_p", gray_p),
-            ("blur_p", blur_p),
-            ("solarize_p", solarize_p),
-        ):
+    size: int = 32
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.0
+    solarize_p: float = 0.0
+    mean: tuple[float, float, float] = CIFAR10_MEAN
+    std: tuple[float, float, float] = CIFAR10_STD
+    normalize: bool = True
+    blur_kernel: int | None = None
+
+    def __post_init__(self) -> None:
+        def put(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
+        put("size", int(self.size))
+        for name in ("scale", "ratio", "jitter", "mean", "std"):
+            put(name, tuple(float(v) for v in getattr(self, name)))
+        for name in ("flip", "jitter_p", "gray_p", "blur_p", "solarize_p"):
+            put(name, float(getattr(self, name)))
+        put("normalize", bool(self.normalize))
+        if self.size < 1:
+            raise ValueError(f"size must be positive, got {self.size}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale must satisfy 0 < min <= max, got {self.scale}")
+        if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
+        for name in ("flip", "jitter_p", "gray_p", "blur_p", "solarize_p"):
+            p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], got {p}")
-        brightness, contrast, saturation, hue = jitter
+        if len(self.jitter) != 4:
+            raise ValueError(
+                f"jitter is (brightness, contrast, saturation, hue), got {self.jitter}"
+            )
+        brightness, contrast, saturation, hue = self.jitter
         if min(brightness, contrast, saturation) < 0 or not 0 <= hue <= 0.5:
             raise ValueError(
                 f"jitter needs brightness, contrast, saturation >= 0 and "
-                f"hue in [0, 0.5], got {jitter}"
+                f"hue in [0, 0.5], got {self.jitter}"
             )
-        self.size = int(size)
-        self.scale = (float(scale[0]), float(scale[1]))
-        self.ratio = (float(ratio[0]), float(ratio[1]))
-        self.flip = float(flip)
-        self.jitter = (float(brightness), float(contrast), float(saturation), float(hue))
-        self.jitter_p = float(jitter_p)
-        self.gray_p = float(gray_p)
-        self.blur_p = float(blur_p)
-        self.solarize_p = float(solarize_p)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self.normalize_output = bool(normalize)
-        if blur_kernel is None:  # SimCLR's choice: 10 % of the image side, made odd
-            blur_kernel = max(3, int(0.1 * self.size) | 1)
-        if blur_kernel % 2 == 0 or blur_kernel < 1:
-            raise ValueError(f"blur_kernel must be odd and positive, got {blur_kernel}")
-        self.blur_kernel = int(blur_kernel)
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 channels, std > 0; got {self.mean}, {self.std}")
+        if self.blur_kernel is None:  # SimCLR's choice: 10 % of the image side, made odd
+            put("blur_kernel", max(3, int(0.1 * self.size) | 1))
+        if (
+            int(self.blur_kernel) != self.blur_kernel
+            or self.blur_kernel < 1
+            or not self.blur_kernel % 2
+        ):
+            raise ValueError(f"blur_kernel must be odd and positive, got {self.blur_kernel}")
+        put("blur_kernel", int(self.blur_kernel))
+
+
+class SimCLRAugment:
+    """SimCLR's two-view augmentation for a batch of uint8 images, each with its own draw.
+
+    Built from ``AugmentSettings`` (``SimCLRAugment(settings)``) or from its fields as
+    keywords (``SimCLRAugment(size=32, blur_p=0.5)``); ``settings`` holds them all.
+    ``aug(images, generator)`` returns float32 views (B x 3 x size x size) on the images'
+    device, normalised with ``mean``/``std`` unless ``normalize=False`` (then in [0, 1]).
+    ``generator`` is a ``torch.Generator`` on the images' device or on the CPU; a CPU
+    generator gives the same views on every device.
+
+    Without augmentation (evaluation), ``unaugmented(images)`` is ``standardize(resize(
+    images))``: uint8 to float in [0, 1] at the training ``size``, then ``Normalize``.
+    """
+
+    def __init__(self, settings: AugmentSettings | None = None, /, **changes) -> None:
+        if settings is None:
+            settings = AugmentSettings(**changes)
+        elif changes:
+            settings = dataclasses.replace(settings, **changes)
+        if not isinstance(settings, AugmentSettings):
+            raise TypeError(f"settings must be AugmentSettings, got {settings!r}")
+        self.settings = settings
         self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __repr__(self) -> str:
-        return (
-            f"SimCLRAugment(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
-            f"flip={self.flip}, jitter={self.jitter}, jitter_p={self.jitter_p}, "
-            f"gray_p={self.gray_p}, blur_p={self.blur_p}, solarize_p={self.solarize_p}, "
-            f"normalize={self.normalize_output})"
-        )
+        return f"SimCLRAugment({self.settings!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SimCLRAugment) and other.settings == self.settings
+
+    def __hash__(self) -> int:
+        return hash(self.settings)
 
     def __call__(
         self, images: torch.Tensor, generator: torch.Generator | None = None
@@ -181,25 +216,25 @@ class SimCLRAugment:
         """
         source = generator.device if generator is not None else torch.device(device or "cpu")
         u = torch.rand(n, 2 * TRIALS + 16, generator=generator, device=source)
-        scale_lo, scale_hi = self.scale
-        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        scale_lo, scale_hi = self.settings.scale
+        log_lo, log_hi = math.log(self.settings.ratio[0]), math.log(self.settings.ratio[1])
         columns = iter(u.split([TRIALS, TRIALS, 2, 1, 1, 4, 4, 1, 1, 1, 1], dim=1))
         scale = scale_lo + (scale_hi - scale_lo) * next(columns)
         log_ratio = log_lo + (log_hi - log_lo) * next(columns)
         position = next(columns)
-        flip = next(columns).squeeze(1) < self.flip
-        jitter = next(columns).squeeze(1) < self.jitter_p
-        b, c, s, h = self.jitter
+        flip = next(columns).squeeze(1) < self.settings.flip
+        jitter = next(columns).squeeze(1) < self.settings.jitter_p
+        b, c, s, h = self.settings.jitter
         bounds = [(max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s)]
         draws = next(columns)
         factors = torch.stack(
             [lo + (hi - lo) * draws[:, k] for k, (lo, hi) in enumerate([*bounds, (-h, h)])], dim=1
         )
         order = torch.argsort(next(columns), dim=1)  # a uniform random permutation of 0..3
-        gray = next(columns).squeeze(1) < self.gray_p
-        blur = next(columns).squeeze(1) < self.blur_p
+        gray = next(columns).squeeze(1) < self.settings.gray_p
+        blur = next(columns).squeeze(1) < self.settings.blur_p
         sigma = 0.1 + 1.9 * next(columns).squeeze(1)  # GaussianBlur's sigma range (0.1, 2.0)
-        solarize = next(columns).squeeze(1) < self.solarize_p
+        solarize = next(columns).squeeze(1) < self.settings.solarize_p
         params = ViewParams(
             scale, log_ratio, position, flip, jitter, factors, order, gray, blur, sigma, solarize
         )
@@ -224,7 +259,7 @@ class SimCLRAugment:
         box_h = box_h.gather(1, first).squeeze(1)
         top = torch.floor(params.position[:, 0] * (height - box_h + 1))
         left = torch.floor(params.position[:, 1] * (width - box_w + 1))
-        fallback_h, fallback_w = _central_box(height, width, self.ratio)
+        fallback_h, fallback_w = _central_box(height, width, self.settings.ratio)
         box_h = torch.where(found, box_h, fallback_h)
         box_w = torch.where(found, box_w, fallback_w)
         top = torch.where(found, top.clamp_max(height - box_h), (height - fallback_h) // 2)
@@ -243,7 +278,7 @@ class SimCLRAugment:
         _check_images(images)
         if len(params) != len(images):
             raise ValueError(f"{len(params)} parameter sets for {len(images)} images")
-        step = max(1, CPU_CHUNK_PIXELS // self.size**2)
+        step = max(1, CPU_CHUNK_PIXELS // self.settings.size**2)
         if images.device.type != "cpu" or len(images) <= step:
             return self._views(images, params)
         chunks = range(0, len(images), step)
@@ -253,26 +288,35 @@ class SimCLRAugment:
         x = self.resized_crop(images, params)
         x = self.color_jitter(x, params)
         x = _select(params.gray, grayscale(x).expand_as(x), x)
-        if self.blur_p > 0:  # a branch on the settings, never on tensor values
-            blurred = gaussian_blur(x, params.sigma, self.blur_kernel).clamp_(0, 1)
+        if self.settings.blur_p > 0:  # a branch on the settings, never on tensor values
+            blurred = gaussian_blur(x, params.sigma, self.settings.blur_kernel).clamp_(0, 1)
             x = _select(params.blur, blurred, x)
-        if self.solarize_p > 0:
+        if self.settings.solarize_p > 0:
             x = torch.where(params.solarize[:, None, None, None] & (x >= 0.5), 1 - x, x)
-        return self._standardize(x)
+        return self.standardize(x)
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+    def unaugmented(self, images: torch.Tensor) -> torch.Tensor:
         """Images as the network sees them, without augmentation (for evaluation).
 
-        uint8 to float32 in [0, 1], resized to ``size`` if they differ, then normalised with
-        ``mean``/``std`` exactly as the views are (unless ``normalize=False``).
+        ``standardize(resize(images))``: float32 in [0, 1] at the training ``size``, then
+        normalised exactly as the views are.
+        """
+        return self.standardize(self.resize(images))
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images to float32 in [0, 1], resized to ``size x size`` where they differ.
+
+        Bilinear and antialiased, as torchvision's ``Resize``; images already at ``size``
+        only change type.
         """
         _check_images(images)
         x = images.to(torch.float32).mul_(1 / 255)
-        if x.shape[-2:] != (self.size, self.size):
+        size = self.settings.size
+        if x.shape[-2:] != (size, size):
             x = F.interpolate(
-                x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
+                x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
             ).clamp_(0, 1)
-        return self._standardize(x)
+        return x
 
     def resized_crop(self, images: torch.Tensor, params: ViewParams) -> torch.Tensor:
         """Crop, resize to ``size x size`` and flip, as torchvision's ``resized_crop``.
@@ -283,9 +327,10 @@ class SimCLRAugment:
         """
         height, width = images.shape[-2:]
         boxes = self.boxes(params, height, width).to(torch.float32)
-        if height <= self.size and width <= self.size:  # a branch on shapes: crops only grow
-            return _bilinear_crops(images, boxes, params.flip, self.size)
-        return _antialiased_crops(images, boxes, params.flip, self.size)
+        size = self.settings.size
+        if height <= size and width <= size:  # a branch on shapes: crops only grow
+            return _bilinear_crops(images, boxes, params.flip, size)
+        return _antialiased_crops(images, boxes, params.flip, size)
 
     def color_jitter(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
         """torchvision's ColorJitter with each image's factors and order, where ``jitter``.
@@ -296,22 +341,27 @@ class SimCLRAugment:
         its hue shift run in three slots before it, those after in three slots after it, an
         unused slot being the identity blend f = 1.
         """
-        if self.jitter_p == 0:
+        if self.settings.jitter_p == 0:
             return x
         factor, gray_weight, mean_weight = _blend_slots(params)
         for slot in range(6):
             x = _blend(x, factor[:, slot], gray_weight[:, slot], mean_weight[:, slot])
-            if slot == 2 and self.jitter[HUE] > 0:
+            if slot == 2 and self.settings.jitter[HUE] > 0:
                 shifted = adjust_hue(x, params.factors[:, HUE])
                 x = _select(params.jitter, shifted, x)
         return x
 
-    def _standardize(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.normalize_output:
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """torchvision's ``Normalize(mean, std)`` of float images in [0, 1] (B x 3 x H x W).
+
+        The identity with ``normalize=False``.
+        """
+        if not self.settings.normalize:
             return x
         if x.device not in self._affine:  # made once per device: no copy to it per batch
-            scale = 1 / torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-            shift = -torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1) * scale
+            scale = 1 / torch.tensor(self.settings.std, dtype=torch.float32).view(1, 3, 1, 1)
+            shift = -torch.tensor(self.settings.mean, dtype=torch.float32).view(1, 3, 1, 1)
+            shift = shift * scale
             self._affine[x.device] = (scale.to(x.device), shift.to(x.device))
         scale, shift = self._affine[x.device]
         return torch.addcmul(shift, x, scale)  # (x - mean) / std in one pass
@@ -552,8 +602,7 @@ class ViewBatches:
     The shuffle and every sample's augmentation depend only on (seed, epoch) and the
     sample's position in the epoch, never on ``world_size``: rank r of ``world_size`` gets
     the r-th contiguous ``batch_size // world_size`` slice of each global batch, so two ranks
-    see together exactly what one process sees. ``len(...)`` is the number of steps;
-    ``start_step`` resumes an epoch in the middle with the same batches.
+    see together exactly what one process sees. ``len(...)`` is the number of steps.
     """
 
     def __init__(
@@ -566,12 +615,9 @@ class ViewBatches:
         epoch: int,
         rank: int = 0,
         world_size: int = 1,
-        start_step: int = 0,
     ) -> None:
-        if seed < 0 or epoch < 0 or start_step < 0:
-            raise ValueError(
-                f"seed, epoch and start_step must be >= 0, got {seed}, {epoch}, {start_step}"
-            )
+        if seed < 0 or epoch < 0:
+            raise ValueError(f"seed and epoch must be >= 0, got {seed}, {epoch}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of {world_size}")
         if batch_size < world_size or batch_size % world_size:
@@ -583,11 +629,10 @@ class ViewBatches:
         self.augment = augment
         self.seed, self.epoch = int(seed), int(epoch)
         self.rank, self.world_size = rank, world_size
-        self.start_step = start_step
         self.shard = batch_size // world_size
 
     def __len__(self) -> int:
-        return max(0, len(self.images) // self.batch_size - self.start_step)
+        return len(self.images) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.images.device
@@ -598,7 +643,7 @@ class ViewBatches:
         # batch: first views, then second views.
         mine = torch.cat([torch.arange(begin, begin + shard)] * 2)
         mine[shard:] += size
-        for step in range(self.start_step, len(self.images) // size):
+        for step in range(len(self)):
             # Parameters of the whole global batch, then this rank's share: what a sample
             # gets depends on its global position only, never on the number of ranks.
             params = self.augment.sample(2 * size, _generator(self.seed, self.epoch, 1, step))
@@ -606,10 +651,6 @@ class ViewBatches:
             batch = self.images[index]
             views = self.augment.apply(torch.cat([batch, batch]), params[mine].to(device))
             yield views[:shard], views[shard:]
-
-
-#: The agreed name of the view iterator: ``view_batches(images, batch_size, augment, ...)``.
-view_batches = ViewBatches
 
 
 def _generator(*key: int) -> torch.Generator:

@@ -123,7 +123,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     the running statistics get the unbiased variance, as in ``nn.BatchNorm``. Gradients flow
     through the sums, so each rank's backward also carries the other ranks' share of the
     statistics; DistributedDataParallel's averaging then gives the global-batch gradient.
-    Outside training, or without a process group, it is plain BatchNorm.
+    Outside training, or without a process group, it is plain BatchNorm. The statistics are
+    computed in float32 and the output has the input's dtype (bf16 under CPU autocast).
     """
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -133,6 +134,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(input)
+        dtype, input = input.dtype, input.float()  # statistics in float32, also under autocast
         dims = [0, *range(2, input.dim())]
         shape = [1, -1] + [1] * (input.dim() - 2)
         local_count = input.numel() // input.shape[1]
@@ -153,7 +155,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         output = centred * torch.rsqrt(variance + self.eps).view(shape)
         if self.affine:
             output = output * self.weight.view(shape) + self.bias.view(shape)
-        return output
+        return output.to(dtype)
 
 
 def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dyntemp.augment import SimCLRAugment
+
 # ----------------------------------------------------------------------------- features
 
 
@@ -39,18 +41,26 @@ def extract_features(
     *,
     batch_size: int = 512,
     device: torch.device | str | None = None,
-    amp_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Backbone features (N, D), float32, of uint8 ``images`` (N, 3, H, W).
 
-    ``transform`` maps a uint8 batch to the network's float input: ``augment.normalize`` for
-    evaluation, or any other callable (an augmentation for features of views). An object
-    with a ``normalize`` method (a ``SimCLRAugment``) is replaced by that method. The backbone
+    Features for evaluation are always computed in float32, without autocast, even inside
+    an autocast region: the kNN accuracy during training and a later evaluation of the same
+    checkpoint see the same features, on any GPU.
+
+    ``transform`` maps a uint8 batch to the network's float input: ``augment.unaugmented``
+    for evaluation, or any other callable (``augment.apply`` with parameters for features of
+    views). A ``SimCLRAugment`` itself is refused: called, it would augment. The backbone
     runs in eval mode, and its mode is restored afterwards. ``device`` defaults to the
-    backbone's; ``amp_dtype`` (e.g. ``torch.bfloat16`` on a GPU) runs it under autocast.
+    backbone's. ``images`` may already be on ``device`` (a dataset kept there for training):
+    then each batch is a slice of them, not a copy; images elsewhere are copied batch by
+    batch (host to device without waiting).
     """
-    if hasattr(transform, "normalize"):
-        transform = transform.normalize
+    if isinstance(transform, SimCLRAugment):
+        raise TypeError(
+            "extract_features got a SimCLRAugment, which augments: pass augment.unaugmented "
+            "for evaluation features"
+        )
     if device is None:
         device = next(backbone.parameters()).device
     device = torch.device(device)
@@ -60,16 +70,25 @@ def extract_features(
     chunks = []
     try:
         for start in range(0, len(images), batch_size):
-            batch = transform(images[start : start + batch_size].to(device, non_blocking=True))
+            batch = _on(images[start : start + batch_size], device)
+            batch = transform(batch)
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with torch.autocast(device.type, enabled=False):
                 chunks.append(backbone(batch).float())
     finally:
         backbone.train(was_training)
     if not chunks:
         raise ValueError("no images to extract features from")
     return torch.cat(chunks)
+
+
+def _on(batch: Tensor, device: torch.device) -> Tensor:
+    """``batch`` on ``device``: itself if it is there, else a copy (non-blocking from the
+    host only: a copy to the host must be complete before the host reads it)."""
+    if batch.device == device:
+        return batch
+    return batch.to(device, non_blocking=batch.device.type == "cpu")
 
 
 @torch.no_grad()
@@ -81,18 +100,19 @@ def extract_view_features(
     seed: int = 0,
     batch_size: int = 512,
     device: torch.device | str | None = None,
-    amp_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Features of two augmented views of every image, reproducible from ``seed``.
+    """Features (float32, as ``extract_features``) of two augmented views of every image.
 
     ``augment`` is a ``SimCLRAugment``; the per-sample parameters of all N images are drawn
-    once from a generator seeded with ``seed`` (first view, then second view), so the result
-    does not depend on ``batch_size``.
+    once (first view, then second view) from a CPU generator seeded with ``seed`` and then
+    moved to ``device``. So the views depend only on ``seed``: not on ``batch_size``, and
+    not on the device (a CUDA generator would draw other numbers): the same checkpoint gets
+    the same views on a GPU and on a CPU, up to float rounding.
     """
     if device is None:
         device = next(backbone.parameters()).device
     device = torch.device(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the CPU: the same draws everywhere
     views = []
     for _ in range(2):
         params = augment.sample(len(images), generator, device)
@@ -104,9 +124,7 @@ def extract_view_features(
             return augment.apply(batch, params[start : start + len(batch)])
 
         views.append(
-            extract_features(
-                backbone, images, apply, batch_size=batch_size, device=device, amp_dtype=amp_dtype
-            )
+            extract_features(backbone, images, apply, batch_size=batch_size, device=device)
         )
     return views[0], views[1]
 

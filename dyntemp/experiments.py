@@ -38,32 +38,18 @@ from typing import Any
 
 import torch
 
+from dyntemp import runs
 from dyntemp import train as training
+from dyntemp.config import PRESETS, TrainConfig
 
 SCALES = ("smoke", "cpu", "gpu")
 
-# What every run of a scale shares (changes to TrainConfig's defaults, the paper's setting).
+# What every run of a scale shares: the preset of the same name (the gpu scale is the
+# paper's setting, where torchvision fetches CIFAR-10 if DYNTEMP_DATA has none).
+SCALE_PRESETS: dict[str, str] = {"gpu": "paper-cifar10", "cpu": "cpu", "smoke": "smoke"}
 SCALE_SETTINGS: dict[str, dict[str, Any]] = {
-    "gpu": {"download": True},  # torchvision fetches CIFAR-10 where DYNTEMP_DATA has none
-    "cpu": {
-        "model": "small",
-        "subset": 2_500,
-        "test_subset": 2_000,
-        "epochs": 4,
-        "batch_size": 128,
-        "lr": 0.1,
-        "momentum": 0.9,
-        "eval_every": 1,
-    },
-    "smoke": {
-        "model": "small",
-        "subset": 128,
-        "test_subset": 100,
-        "epochs": 1,
-        "batch_size": 64,
-        "eval_every": 1,
-        "knn_k": 20,
-    },
+    scale: {**PRESETS[name], **({"download": True} if scale == "gpu" else {})}
+    for scale, name in SCALE_PRESETS.items()
 }
 
 # The seeds of every config at each scale.
@@ -146,11 +132,9 @@ REPORTED: dict[str, tuple[str, float]] = {
     "lt-dystress-0.1-0.2": ("DySTreSS, CIFAR-10-LT", 64.98),
 }
 
-EMBEDDING_FILE = "embedding.json"
+EMBEDDING_FILE = runs.EMBEDDING_FILE
 MAP_POINTS = 1_000  # test images in the 2-D map
 MAPPED = ("fixed-0.1", "fixed-0.5", "dystress-0.1-0.2")  # configs with a map (seed 0)
-# Config fields that may differ between two runs of the same experiment.
-_NOT_COMPARED = ("out", "force", "progress", "data_root", "download", "compile")
 
 
 # ----------------------------------------------------------------------------- configs
@@ -177,8 +161,8 @@ def settings(name: str, scale: str) -> dict[str, Any]:
     if fields.get("dataset") == LONG_TAILED["dataset"]:
         fields.update(LONG_TAILED_SCALE[scale])
     if fields.get("temperature") == "schedule":
-        fields["period"] = 2.0 * fields.get("epochs", training.TrainConfig.epochs)
-    defaults = training.TrainConfig()
+        fields["period"] = 2.0 * fields.get("epochs", TrainConfig.epochs)
+    defaults = TrainConfig()
     return {k: v for k, v in fields.items() if getattr(defaults, k) != v}
 
 
@@ -186,7 +170,7 @@ def config(name: str, seed: int = 0, scale: str | None = None, **changes: Any):
     """The TrainConfig of run ``seed`` of config ``name`` at ``scale``, writing into its folder."""
     scale = default_scale() if scale is None else check_scale(scale)
     fields = {"out": str(run_dir(name, seed, scale)), "seed": seed, "progress": False}
-    return training.TrainConfig(**{**fields, **settings(name, scale), **changes})
+    return TrainConfig(**{**fields, **settings(name, scale), **changes})
 
 
 def seeds(name: str, scale: str) -> tuple[int, ...]:
@@ -240,7 +224,7 @@ def relative(path: str | os.PathLike) -> str:
 
 def train_command(cfg) -> str:
     """The ``python -m dyntemp train`` command line that trains ``cfg``."""
-    defaults = training.TrainConfig()
+    defaults = TrainConfig()
     out = cfg.out if not Path(cfg.out).is_absolute() else relative(cfg.out)
     words = ["python", "-m", "dyntemp", "train", "--out", out]
     for f in dataclasses.fields(cfg):
@@ -260,48 +244,23 @@ def train_command(cfg) -> str:
 # ----------------------------------------------------------------------------- runs
 
 
-def finished(folder: str | os.PathLike, cfg=None) -> bool:
+def finished(folder: str | os.PathLike, cfg: TrainConfig | None = None) -> bool:
     """True if ``folder`` holds a finished run (of ``cfg``, when given)."""
-    folder = Path(folder)
-    if (
-        not (folder / training.RESULTS_FILE).exists()
-        or not (folder / training.CONFIG_FILE).exists()
-    ):
+    if not runs.is_finished(folder):
         return False
-    saved = json.loads((folder / training.CONFIG_FILE).read_text())["config"]
-    results = json.loads((folder / training.RESULTS_FILE).read_text())
-    if results.get("epochs") != saved.get("epochs"):
-        return False
-    return cfg is None or same_config(saved, dataclasses.asdict(cfg))
+    saved, _ = runs.read_saved_config(Path(folder))
+    return cfg is None or runs.same_config(saved, cfg.as_dict())
 
 
-def same_config(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    """True if two configs describe the same run; a field that one of them lacks (saved by
-    an older or newer version) counts as its default."""
-    defaults = dataclasses.asdict(training.TrainConfig())
-    keys = (set(saved) | set(wanted)) - set(_NOT_COMPARED)
-    missing = object()
-    return all(
-        saved.get(k, defaults.get(k, missing)) == wanted.get(k, defaults.get(k, missing))
-        for k in keys
-    )
+#: Two configs describe the same run (see ``dyntemp.runs``).
+same_config = runs.same_config
+#: A finished run: config, results, metrics and evaluations (see ``dyntemp.runs``).
+load = runs.load
 
 
-def load(folder: str | os.PathLike) -> dict[str, Any]:
-    """A finished run: its config, results, per-epoch metrics and, if present, evaluations."""
-    folder = Path(folder)
-    run: dict[str, Any] = {
-        "folder": folder,
-        "config": json.loads((folder / training.CONFIG_FILE).read_text())["config"],
-        "results": json.loads((folder / training.RESULTS_FILE).read_text()),
-        "metrics": [
-            json.loads(line) for line in (folder / training.METRICS_FILE).read_text().splitlines()
-        ],
-    }
-    for key, file in (("eval", "eval.json"), ("embedding", EMBEDDING_FILE)):
-        path = folder / file
-        run[key] = json.loads(path.read_text()) if path.exists() else None
-    return run
+def evaluated(folder: str | os.PathLike) -> bool:
+    """True if the run in ``folder`` has both of its evaluations (eval.json, embedding.json)."""
+    return all((Path(folder) / name).exists() for name in runs.EVALUATION_FILES)
 
 
 def run_or_load(
@@ -319,20 +278,24 @@ def run_or_load(
         if scale != "smoke":  # a relative folder keeps machine paths out of the files
             cfg = dataclasses.replace(cfg, out=os.path.relpath(folder))
         training.train(cfg, command=train_command(dataclasses.replace(cfg, out=relative(folder))))
-    trained = (folder / training.CHECKPOINT_FILE).exists()
-    if evaluate and trained and not (folder / "eval.json").exists():
+    trained = (folder / runs.CHECKPOINT_FILE).exists()
+    if evaluate and trained and not evaluated(folder):
         evaluate_folder(folder, tsne=seed == 0 and name in MAPPED)
     return load(folder)
 
 
 def evaluate_folder(folder: str | os.PathLike, *, tsne: bool = True) -> None:
-    """Write ``eval.json`` and ``embedding.json`` for the trained run in ``folder``."""
-    from dyntemp import data, evaluate, runs
+    """Write whichever of ``eval.json`` and ``embedding.json`` the trained run in ``folder``
+    lacks; each is written whole, so an interruption leaves the run visibly unevaluated."""
+    from dyntemp import data, evaluate, run_metrics
 
     folder = Path(folder)
-    runs.evaluate_run(folder, device="auto")
+    if not (folder / runs.EVAL_FILE).exists():
+        run_metrics.evaluate_run(folder, device="auto")
+    if (folder / EMBEDDING_FILE).exists():
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg, model, _ = runs.load_run(folder, device)
+    cfg, model, _ = run_metrics.load_run(folder, device)
     _, test_set = training.load_data(cfg)
     augment = training.build_augment(cfg, test_set.images.shape[-1])
     view1, view2 = evaluate.extract_view_features(
@@ -345,11 +308,13 @@ def evaluate_folder(folder: str | os.PathLike, *, tsne: bool = True) -> None:
     }
     if tsne:
         points = data.balanced_subset(test_set, min(MAP_POINTS, len(test_set)))
-        features = evaluate.extract_features(model.backbone, points.images, augment, device=device)
+        features = evaluate.extract_features(
+            model.backbone, points.images, augment.unaugmented, device=device
+        )
         embedding["tsne"] = {**tsne_map(features), "labels": points.labels.tolist()}
         embedding["classes"] = list(test_set.classes)
     text = json.dumps(embedding, separators=(",", ":")) + "\n"
-    (folder / EMBEDDING_FILE).write_text(text)
+    runs.atomic_write_bytes(folder / EMBEDDING_FILE, text.encode())
 
 
 def tsne_map(features: torch.Tensor, seed: int = 0) -> dict[str, list[float]]:

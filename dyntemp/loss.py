@@ -14,8 +14,12 @@ dL/dx_ik = (P_ik - [k = p(i)]) / (2N) for x = s / tau, then
 * tau detached (the paper's code):  dL/ds = dL/dx / tau
 * tau in the graph:                 dL/ds = dL/dx * (tau - s tau'(s)) / tau^2
 
-and back to the embeddings in one matrix product. Everything runs in float32 (float64
+and back to the embeddings in matrix products. Everything runs in float32 (float64
 stays float64), outside autocast, so fp16 training cannot overflow exp(s / tau).
+
+On a GPU a forward and backward read no tensor value on the host, so the host never waits
+for the device: the path (row by row) is chosen without looking at the data. Only on the
+CPU, where a read costs nothing, the values pick the faster symmetric factorisation.
 """
 
 from __future__ import annotations
@@ -97,12 +101,14 @@ class _PairwiseNTXent(torch.autograd.Function):
         top = logits.amax(dim=1)
         positive_scale = scale[rows, positive_index] if scale.dim() else scale.expand(count)
         ctx.symmetric = keys is None
-        # One process: x = s / tau is symmetric, and a symmetric shift keeps it so. Row
-        # maxima far apart (tau below ~0.02) would underflow it: then shift row by row.
-        spread = top.max() - top.min()
-        if not decoupled:  # exp(x_ip - max x) must not underflow either
-            spread = torch.maximum(spread, 2.0 * (top.max() - positive.min()))
-        ctx.factored = ctx.symmetric and bool(spread < 160.0)
+        ctx.factored = ctx.symmetric and _may_read_values(a.device)
+        if ctx.factored:
+            # One process: x = s / tau is symmetric, and a symmetric shift keeps it so. Row
+            # maxima far apart (tau below ~0.02) would underflow it: then shift row by row.
+            spread = top.max() - top.min()
+            if not decoupled:  # exp(x_ip - max x) must not underflow either
+                spread = torch.maximum(spread, 2.0 * (top.max() - positive.min()))
+            ctx.factored = bool(spread < 160.0)  # a CPU tensor: nothing to wait for
         if ctx.factored:
             loss, weights, u, v, miss = _factored(logits, top, positive, positive_index, decoupled)
             # the positives' entries of G + G^T: -scale_ip (miss_i + miss_p(i)) / count
@@ -110,8 +116,7 @@ class _PairwiseNTXent(torch.autograd.Function):
             weights.mul_(scale)
             ctx.save_for_backward(a, a_norm, weights, u, v, positive_grad, positive_index)
         else:
-            loss, grad, miss = _dense(logits, top, positive, positive_index)
-            grad.mul_(scale)
+            loss, grad, miss = _dense(logits, top, positive, positive_index, scale)
             grad[rows, positive_index] = -positive_scale * miss / count
             ctx.save_for_backward(a, a_norm, k, k_norm, grad)
         return loss.sum() / count
@@ -127,8 +132,8 @@ class _PairwiseNTXent(torch.autograd.Function):
             grad_anchors = _normalise_backward(grad, a, a_norm)
         else:
             a, a_norm, k, k_norm, grad = ctx.saved_tensors
-            if ctx.symmetric:
-                grad_anchors = _normalise_backward(torch.add(grad, grad.T) @ a, a, a_norm)
+            if ctx.symmetric:  # (G + G^T) z as two products: no transposed copy of G
+                grad_anchors = _normalise_backward(torch.addmm(grad @ a, grad.T, a), a, a_norm)
             else:
                 grad_anchors = _normalise_backward(grad @ k, a, a_norm)
                 grad_keys = _normalise_backward(grad.T @ a, k, k_norm).mul_(grad_loss)
@@ -136,13 +141,28 @@ class _PairwiseNTXent(torch.autograd.Function):
         return grad_anchors, grad_keys, None, None, None, None, None, None
 
 
-def _dense(
-    logits: Tensor, top: Tensor, positive: Tensor, positive_index: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Row by row: the anchors' losses, P / count with the positives zeroed, and 1 - P_ip.
+def _may_read_values(device: torch.device) -> bool:
+    """Whether the loss may look at a tensor's value to choose its path.
 
-    The positive is kept out of the row sums, so 1 - P_ip and the loss -log P_ip stay
-    accurate when P_ip is close to 1 (a nearly solved batch).
+    On the CPU reading a value waits for nothing, and the symmetric factorisation (when
+    the values allow it) is 10-25 % faster there. On an accelerator a read would stop the
+    host until the device catches up, every step: there the row-by-row path, safe for every
+    input, runs without reading anything.
+    """
+    return device.type == "cpu"
+
+
+def _dense(
+    logits: Tensor, top: Tensor, positive: Tensor, positive_index: Tensor, scale: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Row by row: the anchors' losses, G = scale * P / count with the positives zeroed,
+    and 1 - P_ip.
+
+    Each row is shifted by its own maximum, so whatever the spread of the rows' maxima
+    (tau near 0.001) the largest entry is 1 and nothing overflows; a positive far below its
+    row's maximum still gets its loss ``log(sum) + max - x_ip``. The positive is kept out
+    of the row sums, so 1 - P_ip and the loss -log P_ip stay accurate when P_ip is close to
+    1 (a nearly solved batch).
     """
     count, rows = logits.shape[0], torch.arange(logits.shape[0], device=logits.device)
     exp = logits.sub_(top[:, None]).exp_()  # P up to each row's sum
@@ -151,7 +171,11 @@ def _dense(
     negatives = exp.sum(dim=1)
     total = negatives + pos
     loss = torch.log1p(negatives + (pos - 1.0)) + (top - positive)
-    grad = exp.mul_(total.mul(count).reciprocal_()[:, None])
+    row = total.mul(count).reciprocal_()
+    if scale.dim():  # a scale per pair
+        grad = exp.mul_(row[:, None]).mul_(scale)
+    else:  # one scale: one pass over the matrix
+        grad = exp.mul_(row.mul_(scale)[:, None])
     return loss, grad, negatives / total
 
 

@@ -12,7 +12,23 @@ from typing import Any
 
 import torch
 
-__all__ = ["code_commit", "command", "git_commit", "machine", "provenance"]
+__all__ = [
+    "code_commit",
+    "command",
+    "cpu_features",
+    "git_commit",
+    "machine",
+    "native_bf16_cpu",
+    "provenance",
+    "usable_cores",
+]
+
+_CPUINFO = Path("/proc/cpuinfo")  # Linux only; elsewhere the flags are unknown
+# The /proc/cpuinfo flags reported, by the name they have there ("bf16" is arm64's).
+X86_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+ARM_FLAGS = ("asimd", "sve", "bf16")
+_X86 = ("x86_64", "amd64", "i386", "i686")
+_ARM64 = ("aarch64", "arm64")
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str | None:
@@ -48,9 +64,91 @@ def code_commit() -> str | None:
     return git_commit()
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on.
+
+    Its affinity mask where the system has one (Linux), else the cores Python sees
+    (``os.process_cpu_count`` from Python 3.13, else ``os.cpu_count``); at least 1.
+    """
+    affinity = getattr(os, "sched_getaffinity", None)  # absent on macOS and Windows
+    if affinity is not None:
+        try:
+            return max(1, len(affinity(0)))
+        except OSError:
+            pass
+    count = getattr(os, "process_cpu_count", None) or os.cpu_count
+    return max(1, count() or 1)
+
+
+def _cpuinfo_flags() -> set[str] | None:
+    """The first ``flags`` (x86) or ``Features`` (arm) line of /proc/cpuinfo; None if none."""
+    try:
+        text = _CPUINFO.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return None
+
+
+def _torch_capability() -> str | None:
+    """The vector instruction set ATen's CPU kernels use (``AVX512``, ``AVX2``, ``DEFAULT``...)."""
+    get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    try:
+        return str(get()) if get is not None else None
+    except RuntimeError:
+        return None
+
+
+def cpu_features() -> dict[str, Any]:
+    """The CPU's vector and bf16 features: one bool per flag, None where unknown.
+
+    Read from /proc/cpuinfo (Linux): on x86 the flags in ``X86_FLAGS``, on arm64 those in
+    ``ARM_FLAGS`` (key ``arm_<flag>``). Where /proc/cpuinfo is missing (macOS, Windows) or
+    has no flags line, every flag is None. ``torch_capability`` is the instruction set
+    PyTorch's own kernels chose, as a cross-check; ``native_bf16`` is ``native_bf16_cpu()``.
+    """
+    arch = platform.machine().lower()
+    if arch in _X86:
+        names = list(X86_FLAGS)
+    elif arch in _ARM64:
+        names = [f"arm_{f}" for f in ARM_FLAGS]
+    else:
+        names = []
+    flags = _cpuinfo_flags()
+    features: dict[str, Any] = {
+        name: (None if flags is None else name.removeprefix("arm_") in flags) for name in names
+    }
+    features["torch_capability"] = _torch_capability()
+    features["native_bf16"] = _native_bf16(arch, features)
+    return features
+
+
+def _native_bf16(arch: str, features: dict[str, Any]) -> bool:
+    if arch in _X86:
+        claimed = features["avx512_bf16"] is True or features["amx_bf16"] is True
+        # PyTorch choosing less than AVX-512 contradicts the flags (a hypervisor hiding
+        # state, or ATEN_CPU_CAPABILITY lowered): then trust neither, and say no.
+        return claimed and features["torch_capability"] not in ("DEFAULT", "AVX2")
+    if arch in _ARM64:
+        return features["arm_bf16"] is True
+    return False
+
+
+def native_bf16_cpu() -> bool:
+    """Whether the CPU computes bf16 natively, so that bf16 autocast can speed it up.
+
+    True for AVX512-BF16 or AMX-BF16 on x86 (and PyTorch using AVX-512), for the ``bf16``
+    feature on arm64 Linux; False elsewhere, and wherever the flags are unknown.
+    """
+    return cpu_features()["native_bf16"]
+
+
 def _cpu_model() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in _CPUINFO.read_text(errors="replace").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -59,10 +157,10 @@ def _cpu_model() -> str:
 
 
 def machine(device: torch.device | str | None = None) -> dict[str, Any]:
-    """The hardware a number was measured on."""
+    """The hardware a number was measured on; with ``cpu_features()`` when it ran on the CPU."""
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
-        "cpu_cores": len(os.sched_getaffinity(0)),
+        "cpu_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
     }
@@ -70,6 +168,8 @@ def machine(device: torch.device | str | None = None) -> dict[str, Any]:
     if device is not None and device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+    elif device is None or device.type == "cpu":
+        info["cpu_features"] = cpu_features()
     info["device"] = info.get("gpu", info["cpu"]) if device is not None else info["cpu"]
     return info
 
@@ -93,3 +193,11 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "machine": machine(device),
     }
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """The 1, 5 and 15-minute load averages, or None where the system has none (Windows)."""
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return None

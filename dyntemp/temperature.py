@@ -38,6 +38,7 @@ __all__ = [
     "DySTreSS",
     "Exponential",
     "Fixed",
+    "Formula",
     "Linear",
     "MACL",
     "ShiftedDySTreSS",
@@ -393,3 +394,10 @@ def from_name(name: str, **params: Any) -> TemperatureRule:
             f"which takes {', '.join(allowed)}"
         )
     return cls(**params)
+
+
+# A rule from one formula (dyntemp/formula.py builds on TemperatureRule above).
+from dyntemp.formula import Formula  # noqa: E402
+
+_RULES["formula"] = Formula
+NAMES = tuple(_RULES)

@@ -15,12 +15,20 @@ def test_bench_train_runs_and_writes_its_results(tmp_path, capsys):
     assert bench.main([*arguments.split(), "--out", str(out)]) == 0
     payload = json.loads((out / "results.json").read_text())
     rates = payload["cpu"]["median_images_per_s"]
-    assert rates["dyntemp"] > 0 and rates["reference"] > 0
-    assert "dyntemp" in capsys.readouterr().out
+    assert set(rates) == {"dyntemp fp32", "dyntemp bf16", "reference"}
+    assert all(rate > 0 for rate in rates.values())
+    assert set(payload["cpu"]["speedup"]) == {"dyntemp fp32", "dyntemp bf16"}
+    printed = capsys.readouterr().out
+    assert "dyntemp bf16" in printed and "x reference" in printed
 
 
-def test_plain_ntxent_matches_the_library_with_a_fixed_temperature():
-    from dyntemp import ntxent
+def test_bench_train_times_the_trainers_own_step(monkeypatch):
+    from dyntemp import train
 
-    z1, z2 = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
-    torch.testing.assert_close(bench.plain_ntxent(z1, z2, 0.3), ntxent(z1, z2, 0.3))
+    calls = []
+    real = train.train_step
+    monkeypatch.setattr(bench, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    steps = bench.dyntemp_steps(images, 32, "small", torch.device("cpu"), "off", "off")
+    next(steps), next(steps), next(steps)
+    assert len(calls) == 3

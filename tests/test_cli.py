@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -24,16 +26,35 @@ def fake_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished_run(fake_root, tmp_path_factory) -> Path:
+def finished_run_and_output(fake_root, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("run") / "run"
-    assert main(["train", "--data-root", str(fake_root), *TINY, "--out", str(out)]) == 0
-    return out
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["train", "--data-root", str(fake_root), *TINY, "--out", str(out)]) == 0
+    return out, stdout.getvalue()
 
 
-def test_train_writes_results_and_prints_the_accuracy(finished_run, capsys):
-    results = json.loads((finished_run / "results.json").read_text())
+@pytest.fixture(scope="module")
+def finished_run(finished_run_and_output) -> Path:
+    return finished_run_and_output[0]
+
+
+def test_train_writes_results_and_prints_the_accuracy(finished_run_and_output):
+    folder, printed = finished_run_and_output
+    results = json.loads((folder / "results.json").read_text())
     assert results["knn_top1"] > 50
     assert results["provenance"]["command"].startswith("python -m dyntemp train --data-root")
+    assert printed.splitlines()[-1] == (
+        f"kNN top-1 {results['knn_top1']:.2f} % after 1 epochs; results in {folder}/results.json"
+    )
+
+
+def test_rerunning_a_finished_run_says_so_and_keeps_it(finished_run, fake_root, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()}
+    command = ["train", "--data-root", str(fake_root), *TINY, "--out", str(finished_run)]
+    assert main(command) == 0
+    assert "finished earlier: kNN top-1" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()} == before
 
 
 def test_presets_and_flags_combine(fake_root, tmp_path, capsys):
@@ -80,21 +101,32 @@ def exit_code(arguments: list[str]) -> int:
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
-        (["--model", "vgg"], "unknown model 'vgg'"),
+        (["--dataset", "mnist"], "unknown --dataset 'mnist'"),
+        (["--model", "vgg"], "unknown --model 'vgg'"),
         (["--temperature", "warm"], "unknown temperature rule 'warm'"),
         (["--tau-min", "0.3", "--tau-max", "0.2"], "tau_min"),
-        (["--epochs", "0"], "epochs must be positive"),
-        (["--batch-size", "0"], "batch_size must be positive"),
-        (["--batch-size", "500"], "exceeds the 200 training images"),
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--epochs", "1e20"], "--epochs must be at most"),
+        (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--batch-size", "1"], "--batch-size must be at least 2"),
+        (["--batch-size", "500"], "--batch-size 500 exceeds the 200 training images"),
+        (["--seed", "-1"], "--seed must be at least 0"),
+        (["--seed", "1e23"], "--seed must be at most"),
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--weight-decay", "nan"], "--weight-decay must be a finite number"),
+        (["--knn-temperature", "inf"], "--knn-temperature must be a finite number"),
+        (["--knn-k", "500"], "--knn-k 500 exceeds the 200 training images"),
         (["--epochs", "x"], "invalid int value"),
+        (["--epochs", "2.5"], "invalid int value"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(arguments, message, fake_root, tmp_path, capsys):
-    command = ["train", "--data-root", str(fake_root), *TINY, "--out", str(tmp_path / "r")]
+    out = tmp_path / "r"
+    command = ["train", "--data-root", str(fake_root), *TINY, "--out", str(out)]
     assert exit_code([*command, *arguments]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: ") and message in error
+    assert not out.exists()  # refused before the folder was touched
 
 
 def test_missing_data_names_the_folder(tmp_path, capsys):
@@ -123,4 +155,5 @@ def test_the_real_entry_point_prints_no_traceback(tmp_path):
         text=True,
     )
     assert process.returncode == 2
-    assert process.stderr == "error: unknown model 'vgg'; choose one of resnet18, resnet50, small\n"
+    expected = "error: unknown --model 'vgg'; choose one of resnet18, resnet50, small\n"
+    assert process.stderr == expected

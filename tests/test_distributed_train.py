@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,8 +21,8 @@ OPTIONS = (
 ).split()
 
 
-def run(root: Path, out: Path, processes: int, batch_size: int) -> dict:
-    command = ["-m", "dyntemp", "train", *OPTIONS, "--data-root", str(root)]
+def run(root: Path, out: Path, processes: int, batch_size: int, amp: str = "off") -> dict:
+    command = ["-m", "dyntemp", "train", *OPTIONS, "--data-root", str(root), "--amp", amp]
     command += ["--batch-size", str(batch_size), "--out", str(out)]
     if processes > 1:
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
@@ -47,8 +48,8 @@ def test_two_processes_with_batch_b_equal_one_with_batch_2b(one_step_data, tmp_p
     assert double["provenance"]["world_size"] == 2
     assert single["final"]["step"] == double["final"]["step"] == 1
     assert double["final"]["loss"] == pytest.approx(single["final"]["loss"], rel=1e-5)
-    a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "double" / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "double" / "checkpoint.pt", weights_only=True)["model"]
     torch.manual_seed(0)  # the initial weights, as the trainer makes them
     config = train.TrainConfig(model="small", projector_hidden_dim=64, projector_dim=32)
     initial = train.build_model(config).state_dict()
@@ -72,3 +73,10 @@ def test_two_processes_complete_a_run(tmp_path):
     assert results["knn_top1"] > 50
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1
+
+
+@pytest.mark.slow
+def test_two_processes_train_under_bf16_autocast(one_step_data, tmp_path):
+    results = run(one_step_data, tmp_path / "bf16", processes=2, batch_size=8, amp="bf16")
+    assert results["provenance"]["amp"] == "bfloat16" and results["provenance"]["world_size"] == 2
+    assert math.isfinite(results["final"]["loss"])

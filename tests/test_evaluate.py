@@ -60,16 +60,13 @@ def test_extract_features_runs_in_eval_mode_and_restores_the_mode():
     torch.testing.assert_close(features, expected)
 
 
-def test_extract_features_uses_the_normalize_method_of_an_augmentation():
-    class Augmentation:
-        def __call__(self, images):
-            raise AssertionError("evaluation must not augment")
-
-        def normalize(self, images):
-            return to_float(images)
+def test_extract_features_refuses_an_augmentation_instead_of_augmenting():
+    from dyntemp.augment import SimCLRAugment
 
     images = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
-    features = evaluate.extract_features(Probe(), images, Augmentation())
+    with pytest.raises(TypeError, match="unaugmented"):
+        evaluate.extract_features(Probe(), images, SimCLRAugment(size=4))
+    features = evaluate.extract_features(Probe(), images, SimCLRAugment(size=4).unaugmented)
     assert features.shape == (5, 48)
 
 
@@ -89,6 +86,53 @@ def test_extract_view_features_do_not_depend_on_batch_size():
     for a, b in zip(one, two, strict=True):
         torch.testing.assert_close(a, b)
     assert not torch.allclose(one[0], one[1])
+
+
+def test_features_are_float32_without_autocast_even_inside_an_autocast_region():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(48, 16))
+    images = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
+    plain = evaluate.extract_features(backbone, images, to_float)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = evaluate.extract_features(backbone, images, to_float)
+        rounded = backbone(to_float(images))  # what autocast would have given
+    assert rounded.dtype == torch.bfloat16 and not torch.equal(rounded.float(), plain)
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)
+
+
+def test_images_already_on_the_device_are_sliced_not_copied():
+    images = torch.randint(0, 256, (7, 3, 4, 4), dtype=torch.uint8)
+    seen = []
+
+    def transform(batch):
+        seen.append(batch.data_ptr())
+        return to_float(batch)
+
+    evaluate.extract_features(Probe(), images, transform, batch_size=3, device="cpu")
+    stride = images[1].data_ptr() - images[0].data_ptr()
+    assert seen == [images.data_ptr() + start * stride for start in (0, 3, 6)]
+
+
+def test_view_parameters_come_from_a_seeded_cpu_generator_whatever_the_device():
+    from dyntemp.augment import SimCLRAugment
+
+    calls = []
+
+    class Recording(SimCLRAugment):
+        def sample(self, n, generator=None, device=None):
+            calls.append((generator.device, torch.device(device)))
+            return super().sample(n, generator, device)
+
+    aug = Recording(size=8, normalize=False)
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    backbone = nn.Flatten()
+    view1, view2 = evaluate.extract_view_features(backbone, images, aug, seed=4, device="cpu")
+    assert calls == [(torch.device("cpu"), torch.device("cpu"))] * 2
+    generator = torch.Generator().manual_seed(4)
+    first = aug.apply(images, SimCLRAugment.sample(aug, 5, generator))
+    second = aug.apply(images, SimCLRAugment.sample(aug, 5, generator))
+    torch.testing.assert_close(view1, first.flatten(1))
+    torch.testing.assert_close(view2, second.flatten(1))
 
 
 # ----------------------------------------------------------------------------- kNN

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from host_reads import host_reads
 
 from dyntemp import NTXent, ntxent
+from dyntemp import loss as loss_module
 from dyntemp import temperature as T
 
 RULES = [
@@ -19,6 +21,15 @@ RULES = [
     T.MACL(0.1, 0.5, 0.0),
 ]
 PER_PAIR = [r for r in RULES if r.per_pair]
+
+
+@pytest.fixture(params=["cpu-path", "gpu-path"])
+def path(request, monkeypatch):
+    """Both ways through the loss: the CPU's (the values may choose the symmetric
+    factorisation) and the one taken on a GPU (row by row, reading no value)."""
+    if request.param == "gpu-path":
+        monkeypatch.setattr(loss_module, "_may_read_values", lambda device: False)
+    return request.param
 
 
 def reference(z1, z2, rule, *, detach=True, decoupled=False, progress=3.0):
@@ -58,7 +69,7 @@ def views(n=6, d=5, dtype=torch.float32, seed=0):
 @pytest.mark.parametrize("decoupled", [False, True], ids=["ntxent", "dcl"])
 @pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-graph"])
 @pytest.mark.parametrize("rule", RULES, ids=repr)
-def test_matches_reference(rule, detach, decoupled):
+def test_matches_reference(rule, detach, decoupled, path):
     z1, z2 = views()
     loss = ntxent(z1, z2, rule, detach_temperature=detach, decoupled=decoupled, progress=3.0)
     g1, g2 = torch.autograd.grad(loss, (z1, z2))
@@ -73,7 +84,7 @@ def test_matches_reference(rule, detach, decoupled):
 
 @pytest.mark.parametrize("decoupled", [False, True], ids=["ntxent", "dcl"])
 @pytest.mark.parametrize("rule", [T.Fixed(0.3), *PER_PAIR], ids=repr)
-def test_gradcheck_with_temperature_in_graph(rule, decoupled):
+def test_gradcheck_with_temperature_in_graph(rule, decoupled, path):
     """With tau in the graph the backward is the true gradient of the forward."""
     z1, z2 = views(n=4, d=3, dtype=torch.float64, seed=1)
     assert torch.autograd.gradcheck(
@@ -81,13 +92,13 @@ def test_gradcheck_with_temperature_in_graph(rule, decoupled):
     )
 
 
-def test_gradcheck_fixed_detached():
+def test_gradcheck_fixed_detached(path):
     z1, z2 = views(n=4, d=3, dtype=torch.float64, seed=2)
     assert torch.autograd.gradcheck(lambda a, b: ntxent(a, b, 0.2), (z1, z2))
 
 
 def similarity_loss(s, rule, detach):
-    """L as a function of the similarity matrix, for the closed forms of PAPER.md 2."""
+    """L as a function of the similarity matrix, for the closed forms of chapter 2."""
     n2 = s.shape[0]
     n = n2 // 2
     tau = rule(s)
@@ -147,7 +158,7 @@ def test_float64_stays_float64():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast_is_stable_with_small_tau(dtype):
+def test_autocast_is_stable_with_small_tau(dtype, path):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(64, 32, generator=g)
     layer = torch.nn.Linear(32, 16)
@@ -203,7 +214,7 @@ def test_bad_temperature_and_missing_progress():
 
 
 @pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-graph"])
-def test_tiny_temperature_takes_the_row_by_row_path(detach):
+def test_tiny_temperature_takes_the_row_by_row_path(detach, path):
     """Row maxima of s/tau far apart (tau near 0.001) switch to the row-shifted form."""
     g = torch.Generator().manual_seed(5)
     z1 = torch.randn(6, 8, generator=g)
@@ -217,6 +228,7 @@ def test_tiny_temperature_takes_the_row_by_row_path(detach):
         top = (s / rule(s)).amax(1)
         assert top.max() - top.min() >= 160  # the case this test is about
     loss = ntxent(z1, z2, rule, detach_temperature=detach)
+    assert loss.grad_fn.factored is False
     g1, g2 = torch.autograd.grad(loss, (z1, z2))
     r1, r2 = (z.detach().double().requires_grad_() for z in (z1, z2))
     expected = reference(r1, r2, rule, detach=detach)
@@ -227,7 +239,7 @@ def test_tiny_temperature_takes_the_row_by_row_path(detach):
 
 
 @pytest.mark.parametrize("decoupled", [False, True], ids=["ntxent", "dcl"])
-def test_nearly_solved_batch_keeps_float32_precision(decoupled):
+def test_nearly_solved_batch_keeps_float32_precision(decoupled, path):
     """P_ip close to 1: the loss and its gradient stay accurate to float32's relative precision."""
     g = torch.Generator().manual_seed(6)
     z1 = torch.randn(16, 32, generator=g, dtype=torch.float64)
@@ -236,6 +248,7 @@ def test_nearly_solved_batch_keeps_float32_precision(decoupled):
     e1 = torch.autograd.grad(exact, z1)[0]
     a, b = (z.detach().float().requires_grad_() for z in (z1, z2))
     loss = ntxent(a, b, 0.07, decoupled=decoupled)
+    assert loss.grad_fn.factored is (path == "cpu-path")  # both paths are tested here
     g1 = torch.autograd.grad(loss, a)[0]
     if not decoupled:
         assert exact.item() < 1e-3  # the regime this test is about
@@ -243,7 +256,7 @@ def test_nearly_solved_batch_keeps_float32_precision(decoupled):
     torch.testing.assert_close(g1.double(), e1, rtol=1e-3, atol=1e-4 * e1.abs().max().item())
 
 
-def test_far_positive_takes_the_row_by_row_path():
+def test_far_positive_takes_the_row_by_row_path(path):
     """A positive far below its row's maximum (exp would underflow) is computed row by row."""
     z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], requires_grad=True)
     z2 = torch.tensor([[-1.0, 0.05], [0.05, 1.0], [0.8, 0.6]], requires_grad=True)
@@ -289,3 +302,27 @@ def test_in_graph_temperature_with_a_0d_derivative():
     z1, z2 = views(dtype=torch.float64)
     loss = ntxent(z1, z2, Flat(), detach_temperature=False)
     torch.testing.assert_close(loss, ntxent(z1, z2, 0.2))
+
+
+@pytest.mark.parametrize("decoupled", [False, True], ids=["ntxent", "dcl"])
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-graph"])
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_a_step_on_the_gpu_path_reads_no_value_on_the_host(rule, detach, decoupled, monkeypatch):
+    """No forward+backward waits for the device: nothing reads a value (item, bool,
+    nonzero, boolean masks, tolist, ...) on the path a GPU takes."""
+    monkeypatch.setattr(loss_module, "_may_read_values", lambda device: False)
+    z1, z2 = views(n=8, d=4)
+    with host_reads() as reads:
+        loss = ntxent(z1, z2, rule, detach_temperature=detach, decoupled=decoupled, progress=3.0)
+        loss.backward()
+    assert reads == []
+    assert torch.isfinite(z1.grad).all()
+
+
+def test_the_cpu_path_reads_one_value_to_choose_and_the_counter_sees_it():
+    """On the CPU the loss reads the spread of the row maxima (free there): the counter of
+    the test above sees that read, so an empty list there means something."""
+    z1, z2 = views(n=8, d=4)
+    with host_reads() as reads:
+        ntxent(z1, z2, T.DySTreSS(0.1, 0.2)).backward()
+    assert reads == ["aten._local_scalar_dense.default"]

@@ -56,7 +56,7 @@ def test_dystress_shape() -> None:
     torch.testing.assert_close(
         values, torch.tensor([0.2, 0.15, 0.1, 0.15, 0.2], dtype=torch.float64)
     )
-    # the two written forms of PAPER.md are the same function
+    # the paper's two written forms of the rule are the same function
     tau_min, tau_max = sp.symbols("tau_min tau_max", positive=True)
     other = tau_min + (tau_max - tau_min) / 2 * (1 - sp.cos(sp.pi * S))
     assert sp.simplify(rule.sympy(S, symbolic=True) - other) == 0

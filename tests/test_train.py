@@ -34,6 +34,7 @@ def tiny(root: Path, out: Path, **changes) -> train.TrainConfig:
         progress=False,
         projector_hidden_dim=64,
         projector_dim=32,
+        amp="off",  # the same arithmetic on every CPU; bf16 has tests of its own
     )
     return train.TrainConfig(**{**settings, **changes})
 
@@ -83,18 +84,26 @@ def test_temperature_options_map_to_each_rule():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"dataset": "mnist"}, "unknown dataset"),
-        ({"model": "vgg"}, "unknown model"),
+        ({"dataset": "mnist"}, "unknown --dataset 'mnist'"),
+        ({"model": "vgg"}, "unknown --model"),
         ({"temperature": "warm"}, "unknown temperature rule"),
         ({"tau_min": 0.3, "tau_max": 0.2}, "tau_min"),
         (
             {"temperature": "fixed", "tau_min": 0.1},
             "tau_min does not apply to the temperature rule 'fixed', which takes tau",
         ),
-        ({"epochs": 0}, "epochs must be positive"),
-        ({"batch_size": -1}, "batch_size must be positive"),
-        ({"optimizer": "adam"}, "unknown optimizer"),
-        ({"amp": "fp8"}, "unknown amp"),
+        ({"epochs": 0}, "--epochs must be positive"),
+        ({"epochs": 10**20}, "--epochs must be at most"),
+        ({"batch_size": -1}, "--batch-size must be positive"),
+        ({"batch_size": 1}, "--batch-size must be at least 2"),
+        ({"seed": -1}, "--seed must be at least 0"),
+        ({"seed": 10**23}, "--seed must be at most"),
+        ({"lr": float("inf")}, "--lr must be a finite number"),
+        ({"weight_decay": float("nan")}, "--weight-decay must be a finite number"),
+        ({"knn_temperature": float("inf")}, "--knn-temperature must be a finite number"),
+        ({"optimizer": "adam"}, "unknown --optimizer"),
+        ({"amp": "fp8"}, "unknown --amp"),
+        ({"channels_last": "maybe"}, "unknown --channels-last"),
         ({"out": None}, "output folder"),
     ],
 )
@@ -114,15 +123,32 @@ def test_presets():
 
 
 def test_mixed_precision_choice(monkeypatch):
-    assert train.amp_dtype("auto", torch.device("cpu")) is None
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        train.amp_dtype("bf16", torch.device("cpu"))
+    from dyntemp import provenance
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(provenance, "native_bf16_cpu", lambda: False)
+    assert train.amp_dtype("auto", cpu) is None
+    assert train.amp_dtype("bf16", cpu) == torch.bfloat16  # asked for: emulated, but it runs
+    monkeypatch.setattr(provenance, "native_bf16_cpu", lambda: True)
+    assert train.amp_dtype("auto", cpu) == torch.bfloat16
+    assert train.amp_dtype("off", cpu) is None
+    with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
+        train.amp_dtype("fp16", cpu)
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert train.amp_dtype("auto", cuda) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert train.amp_dtype("auto", cuda) == torch.float16  # a T4: fp16 with a GradScaler
     assert train.amp_dtype("off", cuda) is None
+
+
+def test_channels_last_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert train.use_channels_last("auto", cuda, None)
+    assert train.use_channels_last("auto", cpu, torch.bfloat16)
+    assert not train.use_channels_last("auto", cpu, None)
+    assert train.use_channels_last("on", cpu, None)
+    assert not train.use_channels_last("off", cuda, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- schedule, LARS
@@ -205,7 +231,7 @@ def test_a_folder_with_another_config_is_refused_unless_forced(fake_root, tmp_pa
 
 
 def test_batch_larger_than_the_dataset_is_refused(fake_root, tmp_path):
-    with pytest.raises(ValueError, match="batch size 300 .* exceeds the 200 training images"):
+    with pytest.raises(ValueError, match="--batch-size 300 exceeds the 200 training images"):
         train.train(tiny(fake_root, tmp_path / "run", batch_size=300))
 
 
@@ -230,7 +256,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
     out = tmp_path / "run"
     with pytest.raises(train.NonFiniteLossError, match="not finite at step 7.*epoch 1"):
         train.train(tiny(fake_root, out, epochs=3))  # 5 steps an epoch
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not (out / "results.json").exists()
@@ -290,7 +316,7 @@ def test_a_killed_run_resumes_to_the_identical_result(fake_root, tmp_path):
     process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not (killed / "results.json").exists()  # it did not finish
-    assert torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"] < 4
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"] < 4
     subprocess.run(
         _command(fake_root, killed),
         check=True,
@@ -299,8 +325,8 @@ def test_a_killed_run_resumes_to_the_identical_result(fake_root, tmp_path):
         stderr=subprocess.DEVNULL,
     )
 
-    a = torch.load(whole / "checkpoint.pt", weights_only=False)
-    b = torch.load(killed / "checkpoint.pt", weights_only=False)
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)
+    b = torch.load(killed / "checkpoint.pt", weights_only=True)
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -339,3 +365,25 @@ def test_lars_with_warmup_follows_the_schedule(fake_root, tmp_path):
     assert lines[1]["lr"] == pytest.approx(optim.cosine_lr(9, 10, 1.0, warmup_steps=5))
     assert "knn_top1" not in lines[0] and "knn_top1" in lines[1]  # eval_every=0: at the end
     assert math.isfinite(results["final"]["loss"])
+
+
+def test_resume_under_another_mixed_precision(fake_root, tmp_path):
+    """A checkpoint of a run without a loss scale (bf16, CPU) resumes under fp16's scaler,
+    and back: Colab hands out different GPUs between sessions."""
+    from dyntemp.distributed import Context
+
+    config = tiny(fake_root, tmp_path / "run")
+    images = torch.randint(0, 256, (80, 3, 32, 32), dtype=torch.uint8)
+    context = Context(0, 1, 0, torch.device("cpu"))
+    unscaled = train.start_run(config, context, images)
+    state = unscaled.state("fingerprint")
+    assert state["scaler"] == {}
+    scaled = train.start_run(config, context, images)
+    scaled.scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    scaled.restore(state, "fingerprint", tmp_path)  # no loss scale to restore: kept
+    assert scaled.scaler.get_scale() == 1024.0
+    scaled_state = scaled.state("fingerprint")
+    assert scaled_state["scaler"]["scale"] == 1024.0
+    train.start_run(config, context, images).restore(scaled_state, "fingerprint", tmp_path)
+    with pytest.raises(ValueError, match="training data differ"):
+        scaled.restore(state, "other data", tmp_path)

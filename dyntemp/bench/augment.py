@@ -23,8 +23,6 @@ OpenMP pool wait for each other at every operation and the batched figure collap
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -34,27 +32,12 @@ import numpy as np
 import torch
 
 from dyntemp.augment import SimCLRAugment
-from dyntemp.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset
-from dyntemp.provenance import provenance
+from dyntemp.bench.common import host_syncs, per_image_pipeline, sync, write_results
+from dyntemp.data import load_dataset
+from dyntemp.provenance import load_average, provenance, usable_cores
 
 CPU_GOAL = 4.0  # x the per-image pipeline over all cores
 GPU_GOAL = 200_000  # views/s at 32x32
-
-
-def per_image_pipeline(size: int) -> Callable:
-    """torchvision's SimCLR transform for one PIL image, as the paper's code builds it."""
-    from torchvision import transforms as T
-
-    return T.Compose(
-        [
-            T.RandomResizedCrop(size, scale=(0.08, 1.0)),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.ToTensor(),
-            T.Normalize(CIFAR10_MEAN, CIFAR10_STD),
-        ]
-    )
 
 
 def test_images(n: int, size: int) -> tuple[torch.Tensor, str]:
@@ -72,20 +55,15 @@ def test_images(n: int, size: int) -> tuple[torch.Tensor, str]:
     return images, "random smooth images (no CIFAR-10 found)"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_batched(aug: SimCLRAugment, images: torch.Tensor, batch: int, seed: int) -> float:
     """Views per second of one pass over ``images`` in batches."""
     device = images.device
     g = torch.Generator(device=device).manual_seed(seed)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for i in range(0, len(images) - batch + 1, batch):
         aug(images[i : i + batch], g)
-    _sync(device)
+    sync(device)
     return (len(images) // batch) * batch / (time.perf_counter() - start)
 
 
@@ -106,20 +84,11 @@ def time_per_image(pipeline: Callable, arrays: np.ndarray) -> float:
 def check_no_sync(aug: SimCLRAugment, images: torch.Tensor) -> str:
     """Whether a GPU call synchronises with the host (CUDA's sync debug mode)."""
     g = torch.Generator(device=images.device).manual_seed(0)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        aug(images, g)
-        return "none"
-    except RuntimeError as error:
-        return f"yes: {error}"
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-        torch.cuda.synchronize()
+    return host_syncs(lambda: aug(images, g))
 
 
 def run(batch: int, size: int, rounds: int, batches: int) -> dict:
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     images, source = test_images(batch * batches, size)
     aug = SimCLRAugment(size=size)
     pipeline = per_image_pipeline(size)
@@ -137,7 +106,7 @@ def run(batch: int, size: int, rounds: int, batches: int) -> dict:
         "images": source,
         "cores": cores,
         "torch_threads": torch.get_num_threads(),
-        "load_average": os.getloadavg()[0],
+        "load_average": (load_average() or (float("nan"),))[0],
         "cpu_views_per_s": statistics.median(ours),
         "per_image_views_per_s_all_cores": statistics.median(theirs),
         "per_image_views_per_s_one_core": statistics.median(theirs) / cores,
@@ -242,10 +211,5 @@ def main(argv: list[str] | None = None) -> int:
             f"{'met' if gpu_met else 'NOT met'}; host synchronisations: "
             f"{result['gpu_host_syncs']}"
         )
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(
-            json.dumps({"provenance": info, "result": result}, indent=2) + "\n"
-        )
-        print(f"wrote {args.out / 'results.json'}")
+    write_results(args.out, "augment", info, result=result)
     return 0

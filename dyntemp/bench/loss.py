@@ -17,36 +17,19 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from dyntemp import ntxent
+from dyntemp.bench.common import sync, write_results
+from dyntemp.loss import ntxent, reference_ntxent
 from dyntemp.provenance import provenance
-from dyntemp.temperature import DySTreSS, TemperatureRule
+from dyntemp.temperature import DySTreSS
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def paper_style_ntxent(z1: torch.Tensor, z2: torch.Tensor, rule: TemperatureRule) -> torch.Tensor:
-    """DySTreSS written as plain autograd, as the paper's code does."""
-    n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = z @ z.T
-    logits = sim / rule(sim).detach()
-    positives = torch.cat([torch.diagonal(logits, n), torch.diagonal(logits, -n)])
-    keep = ~torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    keep[torch.arange(n), torch.arange(n) + n] = False
-    keep[torch.arange(n) + n, torch.arange(n)] = False
-    negatives = logits[keep].view(2 * n, 2 * n - 2)
-    logits = torch.cat([positives[:, None], negatives], dim=1)
-    labels = torch.zeros(2 * n, dtype=torch.long, device=z.device)
-    return F.cross_entropy(logits, labels)
 
 
 def candidates(tau: float = 0.2) -> dict[str, LossFn]:
@@ -55,7 +38,7 @@ def candidates(tau: float = 0.2) -> dict[str, LossFn]:
     losses: dict[str, LossFn] = {
         "dyntemp ntxent, DySTreSS(0.1, 0.2)": lambda a, b: ntxent(a, b, rule),
         f"dyntemp ntxent, fixed {tau}": lambda a, b: ntxent(a, b, tau),
-        "plain autograd, DySTreSS(0.1, 0.2)": lambda a, b: paper_style_ntxent(a, b, rule),
+        "plain autograd, DySTreSS(0.1, 0.2)": lambda a, b: reference_ntxent(a, b, rule),
     }
     try:
         from lightly.loss import NTXentLoss
@@ -71,11 +54,6 @@ def _step(loss_fn: LossFn, z1: torch.Tensor, z2: torch.Tensor) -> None:
     z1.grad = z2.grad = None
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_alternately(
     losses: dict[str, LossFn], z1: torch.Tensor, z2: torch.Tensor, repeats: int
 ) -> dict[str, float]:
@@ -86,10 +64,10 @@ def time_alternately(
             _step(fn, z1, z2)
     for _ in range(repeats):
         for name, fn in losses.items():
-            _sync(z1.device)
+            sync(z1.device)
             start = time.perf_counter()
             _step(fn, z1, z2)
-            _sync(z1.device)
+            sync(z1.device)
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
@@ -208,9 +186,5 @@ def main(argv: list[str] | None = None) -> int:
             f"time {r['time_vs_lightly']:.2f}x, memory {r['memory_vs_lightly']:.2f}x "
             f"-> {'met' if met else 'NOT met'}"
         )
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        payload = {"benchmark": "loss", "rows": rows, "provenance": info}
-        (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.out / 'results.json'}")
+    write_results(args.out, "loss", info, rows=rows)
     return 0

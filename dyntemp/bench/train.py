@@ -1,12 +1,15 @@
 """``python -m dyntemp bench train``: images per second of whole SimCLR training steps.
 
 A step is everything between two optimiser updates: making both views of a batch, the
-forward pass of both, the loss, the backward pass and the update. Two ways, measured
-alternately in one run on the same network (``small``) and batch size (256):
+forward pass of both, the loss, the backward pass and the update. The ways below are
+measured alternately in one run on the same network (``small``) and batch size (256):
 
-* **dyntemp**: the uint8 dataset in one tensor, ``view_batches`` drawing per-sample
-  augmentation parameters and augmenting the whole batch at once on the device, and
-  ``ntxent`` with DySTreSS (0.1, 0.2) and its exact backward;
+* **dyntemp fp32** and **dyntemp bf16**: the trainer's own step (``dyntemp.train.train_step``)
+  on the uint8 dataset in one tensor, ``ViewBatches`` drawing per-sample augmentation
+  parameters and augmenting the whole batch at once on the device, and ``ntxent`` with
+  DySTreSS (0.1, 0.2) and its exact backward; fp32 in the contiguous layout, bf16 with
+  autocast and channels_last, what ``--amp auto`` chooses on a CPU that computes bf16
+  natively (the row says whether this one does: elsewhere bf16 is emulated, and slow);
 * **reference**, the common way: torchvision's per-image PIL transforms in a ``DataLoader``
   with worker processes (2 by default), and lightly's ``NTXentLoss`` (temperature 0.2), or
   a plain autograd NT-Xent when lightly is not installed (``pip install lightly``).
@@ -15,8 +18,10 @@ Images per second counts images, each giving two views. The reference's workers 
 during its own rounds: each round starts them afresh and takes their first batches untimed.
 The load average is printed: on a machine busy with other processes the threads of torch's
 OpenMP pool wait for each other at every operation, which hurts the batched pipeline (many
-short parallel operations) far more than single-threaded loader workers; ``--threads 1``
-or ``OMP_WAIT_POLICY=PASSIVE`` in the environment shows the comparison without that effect.
+short parallel operations) far more than single-threaded loader workers. ``--under-load``
+measures the dyntemp rows again while a second torch process computes on every core, the
+situation of a study sharing its machine; ``OMP_WAIT_POLICY=PASSIVE`` in the environment
+(recorded with the results) changes how the threads wait.
 
 On a GPU it also reports the seconds of one CIFAR-10-sized epoch (50,000 images) of
 ResNet-18 with dyntemp's step (bf16 or fp16 autocast, channels_last).
@@ -25,22 +30,26 @@ ResNet-18 with dyntemp's step (bf16 or fp16 autocast, channels_last).
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from dyntemp import data, models, ntxent
-from dyntemp.augment import SimCLRAugment, view_batches
-from dyntemp.provenance import provenance
-from dyntemp.temperature import DySTreSS
-from dyntemp.train import amp_dtype
+from dyntemp import data, models
+from dyntemp.augment import ViewBatches
+from dyntemp.bench.common import per_image_pipeline, sync, write_results
+from dyntemp.config import TrainConfig
+from dyntemp.distributed import Context
+from dyntemp.loss import reference_ntxent
+from dyntemp.provenance import load_average, native_bf16_cpu, provenance
+from dyntemp.train import start_run, train_step
 
 Step = Callable[[], None]
 
@@ -48,38 +57,43 @@ Step = Callable[[], None]
 def _model(name: str, device: torch.device) -> models.SimCLRModel:
     torch.manual_seed(0)
     backbone = models.build(name)
-    model = models.SimCLRModel(backbone, models.Projector(backbone.feature_dim)).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return models.SimCLRModel(backbone, models.Projector(backbone.feature_dim)).to(device)
 
 
 def _sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 
+#: The dyntemp rows: (amp, channels_last) of the trainer.
+VARIANTS = {"dyntemp fp32": ("off", "off"), "dyntemp bf16": ("bf16", "on")}
+
+
 def dyntemp_steps(
-    images: torch.Tensor, batch_size: int, model_name: str, device: torch.device
+    images: torch.Tensor,
+    batch_size: int,
+    model_name: str,
+    device: torch.device,
+    amp: str = "auto",
+    channels_last: str = "auto",
 ) -> Iterator[None]:
-    """Endless training steps the dyntemp way; each ``next`` runs one."""
-    model, rule = _model(model_name, device), DySTreSS(0.1, 0.2)
-    optimizer = _sgd(model)
-    dtype = amp_dtype("auto", device)
-    augment = SimCLRAugment(size=images.shape[-1])
-    epoch = 0
+    """Endless steps of the trainer itself (``train_step``); each ``next`` runs one."""
+    config = TrainConfig(
+        out="unused",
+        model=model_name,
+        batch_size=batch_size,
+        epochs=1000,
+        lr=0.05,
+        momentum=0.9,
+        amp=amp,
+        channels_last=channels_last,
+    )
+    run = start_run(config, Context(0, 1, 0, device), images)
+    step = 0
     while True:
-        for view1, view2 in view_batches(images, batch_size, augment, seed=0, epoch=epoch):
-            views = torch.cat([view1, view2])
-            if device.type == "cuda":
-                views = views.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                z1, z2 = model(views).float().chunk(2)
-            loss = ntxent(z1, z2, rule)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        for view1, view2 in ViewBatches(run.images, batch_size, run.augment, seed=0, epoch=step):
+            train_step(run, view1, view2, step % run.total_steps)
+            step += 1
             yield
-        epoch += 1
 
 
 class _PairDataset(torch.utils.data.Dataset):
@@ -98,21 +112,14 @@ class _PairDataset(torch.utils.data.Dataset):
         return self.transform(image), self.transform(image)
 
 
-def plain_ntxent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
-    """NT-Xent in plain autograd: cross-entropy over the masked similarity matrix."""
-    n = len(z1)
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    logits = (z @ z.T) / tau
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -torch.inf)
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(logits, targets)
-
-
 def reference_loss() -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], str]:
     try:
         from lightly.loss import NTXentLoss
     except ImportError:
-        return plain_ntxent, "plain autograd NT-Xent (tau 0.2; lightly is not installed)"
+        return (
+            lambda z1, z2: reference_ntxent(z1, z2, 0.2),
+            "plain autograd NT-Xent (tau 0.2; lightly is not installed)",
+        )
     return NTXentLoss(temperature=0.2), "lightly NTXentLoss (tau 0.2)"
 
 
@@ -125,19 +132,7 @@ def reference_rounds(
     batches untimed (start-up and the prefetch queue), times ``count`` steps, and stops
     the workers, so they never compete with the other side's timed steps.
     """
-    from torchvision import transforms
-
-    mean, std = data.dataset_stats("cifar10")
-    transform = transforms.Compose(
-        [
-            transforms.RandomResizedCrop(images.shape[-1], scale=(0.08, 1.0)),
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            transforms.RandomGrayscale(p=0.2),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
+    transform = per_image_pipeline(images.shape[-1], *data.dataset_stats("cifar10"))
     dataset = _PairDataset(images.permute(0, 2, 3, 1).contiguous().numpy(), transform)
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -179,13 +174,11 @@ def _forever(loader) -> Iterator:
 
 
 def _time(steps: Iterator[None], count: int, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(count):
         next(steps)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -199,24 +192,33 @@ def _images(root: str | None, count: int) -> tuple[torch.Tensor, str]:
 
 
 def compare_on_cpu(args: argparse.Namespace) -> dict:
-    """Rounds of dyntemp and reference steps, alternately; images/s of each round."""
+    """Rounds of each dyntemp variant and of the reference, alternately; images/s of each."""
     device = torch.device("cpu")
     images, source = _images(args.data_root, args.images)
-    ours = dyntemp_steps(images, args.batch_size, args.model, device)
+    ours = {
+        name: dyntemp_steps(images, args.batch_size, args.model, device, amp, layout)
+        for name, (amp, layout) in VARIANTS.items()
+    }
     theirs, loss_name = reference_rounds(images, args.batch_size, args.workers, args.model)
-    _time(ours, 3, device)  # warm-up: first calls
+    for steps in ours.values():
+        _time(steps, 3, device)  # warm-up: first calls
     theirs(3)
-    rates: dict[str, list[float]] = {"dyntemp": [], "reference": []}
+    rates: dict[str, list[float]] = {name: [] for name in [*ours, "reference"]}
     for round_index in range(args.rounds):
-        seconds = _time(ours, args.steps, device)
-        rates["dyntemp"].append(args.steps * args.batch_size / seconds)
-        seconds = theirs(args.steps)
-        rates["reference"].append(args.steps * args.batch_size / seconds)
-        print(
-            f"round {round_index + 1}: dyntemp {rates['dyntemp'][-1]:.0f} images/s, "
-            f"reference {rates['reference'][-1]:.0f} images/s",
-            flush=True,
-        )
+        for name, steps in ours.items():
+            rates[name].append(args.steps * args.batch_size / _time(steps, args.steps, device))
+        rates["reference"].append(args.steps * args.batch_size / theirs(args.steps))
+        said = ", ".join(f"{name} {values[-1]:.0f}" for name, values in rates.items())
+        print(f"round {round_index + 1} (images/s): {said}", flush=True)
+    loaded: dict[str, list[float]] = {}
+    if args.under_load:
+        with _competing_process():
+            for round_index in range(args.rounds):
+                for name, steps in ours.items():
+                    seconds = _time(steps, args.steps, device)
+                    loaded.setdefault(name, []).append(args.steps * args.batch_size / seconds)
+                said = ", ".join(f"{name} {values[-1]:.0f}" for name, values in loaded.items())
+                print(f"under load, round {round_index + 1} (images/s): {said}", flush=True)
     median = {name: statistics.median(values) for name, values in rates.items()}
     return {
         "model": args.model,
@@ -225,14 +227,38 @@ def compare_on_cpu(args: argparse.Namespace) -> dict:
         "reference": f"torchvision PIL transforms, DataLoader with {args.workers} workers, "
         f"{loss_name}",
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+        "native_bf16": native_bf16_cpu(),
         "images_per_s": rates,
         "median_images_per_s": median,
-        "speedup": median["dyntemp"] / median["reference"],
+        "speedup": {name: median[name] / median["reference"] for name in ours},
+        "under_load_images_per_s": loaded,
+        "median_under_load_images_per_s": {
+            name: statistics.median(values) for name, values in loaded.items()
+        },
     }
 
 
+_BUSY_LOOP = (
+    "import torch, sys\na = torch.randn(256, 256)\nwhile True:\n    a = torch.tanh(a @ a.T / 256)\n"
+)
+
+
+@contextlib.contextmanager
+def _competing_process() -> Iterator[None]:
+    """A second torch process computing on every core for as long as the block runs."""
+    process = subprocess.Popen([sys.executable, "-c", _BUSY_LOOP])
+    try:
+        time.sleep(2.0)  # its start-up (imports) is not load yet
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
 def cuda_epoch(args: argparse.Namespace, device: torch.device) -> dict:
-    """Seconds of one CIFAR-10-sized epoch (50,000 images) of ResNet-18, dyntemp's step."""
+    """Seconds of one CIFAR-10-sized epoch (50,000 images) of ResNet-18, the trainer's step
+    (amp auto: bf16, or fp16 with its GradScaler; channels_last; cuDNN autotuning)."""
     images, source = _images(args.data_root, 50_000)
     images = images.to(device)
     results = {"images": source, "model": "resnet18"}
@@ -249,6 +275,23 @@ def cuda_epoch(args: argparse.Namespace, device: torch.device) -> dict:
     return results
 
 
+def format_table(cpu: dict) -> str:
+    """The CPU rows: median images/s quiet (and under load), and the ratio to the reference."""
+    bf16 = "native" if cpu["native_bf16"] else "emulated: this CPU has no AVX512-BF16 or AMX"
+    lines = [
+        f"{cpu['model']}, batch {cpu['batch_size']}, {cpu['torch_threads']} threads, "
+        f"OMP_WAIT_POLICY {cpu['omp_wait_policy']}, bf16 {bf16}",
+        f"{'':<16}{'images/s':>10}{'x reference':>13}{'under load':>12}",
+    ]
+    loaded = cpu["median_under_load_images_per_s"]
+    for name, rate in cpu["median_images_per_s"].items():
+        ratio = f"{cpu['speedup'][name]:.2f}x" if name in cpu["speedup"] else ""
+        load = f"{loaded[name]:.0f}" if name in loaded else ""
+        lines.append(f"{name:<16}{rate:>10.0f}{ratio:>13}{load:>12}")
+    lines.append(f"reference: {cpu['reference']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dyntemp bench train", description=__doc__)
     parser.add_argument("--model", default="small", choices=models.MODELS)
@@ -261,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-batch-sizes", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU epoch timing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--under-load", action="store_true", help="also time the dyntemp rows beside a busy process"
+    )
     parser.add_argument("--out", type=Path, help="write OUT/results.json with the provenance")
     args = parser.parse_args(argv)
     for name in ("batch_size", "steps", "rounds", "images"):
@@ -273,26 +319,18 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--threads must be positive")
         torch.set_num_threads(args.threads)
     info = provenance(torch.device("cpu"))
-    info["load_average"] = os.getloadavg()
+    info["load_average"] = load_average()
+    loads = " ".join(f"{x:.1f}" for x in info["load_average"] or ()) or "unknown"
     print(
         f"machine: {info['machine']['device']}, {info['machine']['cpu_cores']} cores, "
-        f"torch {info['torch']}, {torch.get_num_threads()} threads, load average "
-        f"{' '.join(f'{x:.1f}' for x in info['load_average'])}"
+        f"torch {info['torch']}, {torch.get_num_threads()} threads, load average {loads}"
     )
     cpu = compare_on_cpu(args)
-    print(
-        f"{cpu['model']} at batch {cpu['batch_size']} on the CPU: dyntemp "
-        f"{cpu['median_images_per_s']['dyntemp']:.0f} images/s, reference "
-        f"{cpu['median_images_per_s']['reference']:.0f} images/s ({cpu['reference']}): "
-        f"{cpu['speedup']:.2f}x (goal >= 1.3x: {'met' if cpu['speedup'] >= 1.3 else 'NOT met'})"
-    )
-    payload = {"benchmark": "train", "cpu": cpu, "provenance": info}
+    print(format_table(cpu))
+    sections: dict = {"cpu": cpu}
     if torch.cuda.is_available() and not args.no_gpu:
         device = torch.device("cuda")
-        payload["gpu"] = cuda_epoch(args, device)
-        payload["gpu_provenance"] = provenance(device)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.out / 'results.json'}")
+        sections["gpu"] = cuda_epoch(args, device)
+        sections["gpu_provenance"] = provenance(device)
+    write_results(args.out, "train", info, **sections)
     return 0

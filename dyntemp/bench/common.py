@@ -1,0 +1,78 @@
+"""What the benchmarks share: waiting for the device, torchvision's per-image pipeline, and
+writing a results file with its provenance."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyntemp.data import CIFAR10_MEAN, CIFAR10_STD
+
+RESULTS_FILE = "results.json"
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for the work queued on ``device`` (a no-op on the CPU), so a clock can be read."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def host_syncs(fn: Callable[[], object]) -> str:
+    """``"none"`` if ``fn()`` makes the host wait for the GPU, else what CUDA's sync debug
+    mode reported. Run ``fn`` once before: first calls make one-off copies."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+        return "none"
+    except RuntimeError as error:
+        return f"yes: {error}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+
+
+def per_image_pipeline(
+    size: int,
+    mean: Sequence[float] = CIFAR10_MEAN,
+    std: Sequence[float] = CIFAR10_STD,
+) -> Callable:
+    """torchvision's SimCLR transform of one PIL image, as the paper's code and lightly
+    build it: ``RandomResizedCrop(size, scale=(0.08, 1))``, ``RandomHorizontalFlip()``,
+    ``RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8)``, ``RandomGrayscale(0.2)``,
+    ``ToTensor()``, ``Normalize(mean, std)``."""
+    from torchvision import transforms as T
+
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.08, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.ToTensor(),
+            T.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+def write_results(
+    out: str | Path | None, benchmark: str, provenance: dict[str, Any], **sections: Any
+) -> Path | None:
+    """Write ``out/results.json``: ``{"benchmark": ..., **sections, "provenance": ...}``.
+
+    Nothing is written when ``out`` is None; returns the file's path, and says where it is.
+    """
+    if out is None:
+        return None
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RESULTS_FILE
+    payload = {"benchmark": benchmark, **sections, "provenance": provenance}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,150 @@
+"""Every metric of a trained run's representation: what ``python -m dyntemp eval`` writes.
+
+``evaluate_run(run_dir)`` rebuilds the model from the run folder's config and checkpoint,
+embeds the training and test images with the backbone, and writes ``eval.json`` with
+
+- ``knn_top1`` (weighted, the run's k and temperature) and ``knn_majority_top1`` for k in
+  1, 10, 200;
+- on the test set: ``alignment`` (two augmented views of each image, seeded),
+  ``uniformity``, ``tolerance`` (mean over same-class distinct pairs),
+  ``inter_class_uniformity`` and the ``histograms`` of positive, same-class and other-class
+  cosine similarities, all on L2-normalised backbone features;
+- with ``linear=True`` the ``linear_top1`` of a logistic-regression probe.
+
+Features are extracted in float32 on any device. A run that has not finished is evaluated
+only when asked (``unfinished=True``), and its eval.json says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dyntemp import distributed, evaluate, runs
+from dyntemp.config import TrainConfig
+from dyntemp.train import build_augment, build_model, load_data
+
+MAJORITY_K = (1, 10, 200)
+
+
+def load_run(
+    run_dir: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[TrainConfig, torch.nn.Module, dict[str, Any]]:
+    """The config, the trained model (eval mode) and the checkpoint of the run in ``run_dir``."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"no run folder {run}")
+    for name in (runs.CONFIG_FILE, runs.CHECKPOINT_FILE):
+        if not (run / name).exists():
+            raise FileNotFoundError(f"{run} holds no training run: {name} is missing")
+    config = runs.load_config(run)
+    state = runs.load_checkpoint(run / runs.CHECKPOINT_FILE, device)
+    model = build_model(config).to(device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise runs.RunFolderError(
+            f"{run / runs.CHECKPOINT_FILE} does not fit its config: {first}"
+        ) from None
+    return config, model.eval(), state
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    linear: bool = False,
+    device: str = "auto",
+    data_root: str | None = None,
+    batch_size: int = 512,
+    bins: int = 100,
+    unfinished: bool = False,
+) -> dict[str, Any]:
+    """All metrics of the run in ``run_dir``; also written to ``run_dir/eval.json``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive whole number, got {batch_size!r}")
+    device = distributed.choose_device(device)
+    config, model, state = load_run(run_dir, device)
+    finished = runs.is_finished(run_dir) and state["epoch"] == config.epochs
+    if not finished and not unfinished:
+        raise runs.RunFolderError(
+            f"the run in {run_dir} is unfinished (epoch {state['epoch']} of {config.epochs}); "
+            f"finish it by rerunning its train command, or pass --unfinished to evaluate its "
+            f"last checkpoint"
+        )
+    if data_root is not None:
+        config = dataclasses.replace(config, data_root=data_root)
+    train_set, test_set = load_data(config)
+    augment = build_augment(config, train_set.images.shape[-1])
+    backbone = model.backbone
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        return evaluate.extract_features(
+            backbone, images, augment.unaugmented, batch_size=batch_size, device=device
+        )
+
+    train_features, test_features = features(train_set.images), features(test_set.images)
+    train_labels, test_labels = train_set.labels, test_set.labels
+    view1, view2 = evaluate.extract_view_features(
+        backbone, test_set.images, augment, seed=config.seed, batch_size=batch_size, device=device
+    )
+    histograms = evaluate.similarity_histograms(view1, view2, test_labels, bins=bins)
+    metrics: dict[str, Any] = {
+        "epochs_trained": state["epoch"],
+        "finished": finished,
+        "knn_top1": evaluate.knn_accuracy(
+            train_features,
+            train_labels,
+            test_features,
+            test_labels,
+            k=config.knn_k,
+            temperature=config.knn_temperature,
+        ),
+        "knn_majority_top1": {
+            str(k): evaluate.knn_accuracy(
+                train_features, train_labels, test_features, test_labels, k=k, weighted=False
+            )
+            for k in MAJORITY_K
+        },
+        "alignment": evaluate.alignment(view1, view2),
+        "uniformity": evaluate.uniformity(test_features),
+        "tolerance": evaluate.tolerance(test_features, test_labels),
+        "inter_class_uniformity": evaluate.inter_class_uniformity(test_features, test_labels),
+        "histograms": {name: values.tolist() for name, values in histograms.items()},
+    }
+    if linear:
+        probe = evaluate.linear_probe(train_features, train_labels, test_features, test_labels)
+        metrics["linear_top1"] = probe["test_top1"]
+        metrics["linear_train_top1"] = probe["train_top1"]
+    metrics["features"] = {
+        "model": config.model,
+        "dim": train_features.shape[1],
+        "train_images": len(train_set),
+        "test_images": len(test_set),
+        "device": str(device),
+    }
+    path = Path(run_dir) / runs.EVAL_FILE
+    try:
+        runs.atomic_write_json(path, metrics)
+    except OSError as error:
+        raise runs.RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
+    return metrics
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """The metrics as a few readable lines (the histograms left out)."""
+    lines = []
+    if not metrics.get("finished", True):
+        lines.append(f"UNFINISHED run: its checkpoint of epoch {metrics['epochs_trained']}")
+    lines.append(f"weighted kNN top-1      {metrics['knn_top1']:.2f} %")
+    for k, value in metrics["knn_majority_top1"].items():
+        lines.append(f"majority {k:>3}-NN top-1   {value:.2f} %")
+    if "linear_top1" in metrics:
+        lines.append(f"linear probe top-1     {metrics['linear_top1']:.2f} %")
+    for name in ("alignment", "uniformity", "tolerance", "inter_class_uniformity"):
+        lines.append(f"{name:<23}{metrics[name]:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,37 @@
+"""The pieces the benchmarks share."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from dyntemp.bench import common
+
+
+def test_write_results_puts_the_sections_between_the_name_and_the_provenance(tmp_path, capsys):
+    assert common.write_results(None, "x", {"command": "c"}, rows=[1]) is None
+    path = common.write_results(tmp_path / "out", "x", {"command": "c"}, rows=[1], more={"a": 2})
+    assert path == tmp_path / "out" / "results.json"
+    payload = json.loads(path.read_text())
+    assert list(payload) == ["benchmark", "rows", "more", "provenance"]
+    assert payload == {
+        "benchmark": "x",
+        "rows": [1],
+        "more": {"a": 2},
+        "provenance": {"command": "c"},
+    }
+    assert f"wrote {path}" in capsys.readouterr().out
+
+
+def test_per_image_pipeline_makes_normalised_views_of_one_pil_image():
+    from PIL import Image
+
+    torch.manual_seed(0)
+    image = Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8))
+    view = common.per_image_pipeline(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))(image)
+    assert view.shape == (3, 16, 16) and view.dtype == torch.float32
+    # A flat gray image stays flat whatever the crop; only the colour jitter moves its level.
+    assert float(view.std()) < 1e-5
+    common.sync("cpu")  # a no-op without CUDA
