@@ -119,6 +119,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "exponential": {"temperature": "exponential", "tau_min": 0.1, "tau_max": 0.2, "rate": 3.5},
     "dystress-0.07-0.1": {"temperature": "dystress", "tau_min": 0.07, "tau_max": 0.1},
     "lt-fixed-0.2": {**LONG_TAILED, **MAIN["fixed-0.2"]},
+    # A reader's own rule, written as one formula: DySTreSS's range with a parabola.
+    "formula-quadratic": {"temperature": "formula", "formula": "0.1 + 0.1*s**2"},
+    # The same run in float32: does the bf16 arithmetic of the CPU study change anything?
+    "fixed-0.2-fp32": {**MAIN["fixed-0.2"], "amp": "off", "channels_last": "off"},
 }
 
 CONFIGS: dict[str, dict[str, Any]] = {**MAIN, **ABLATIONS}
@@ -140,6 +144,8 @@ LABELS: dict[str, str] = {
     "linear": "linear (0.1, 0.2)",
     "exponential": "exponential (0.1, 0.2, c = 3.5)",
     "dystress-0.07-0.1": "DySTreSS (0.07, 0.1)",
+    "formula-quadratic": "formula τ = 0.1 + 0.1 s²",
+    "fixed-0.2-fp32": "fixed τ = 0.2, float32",
 }
 
 # Numbers reported by the paper (weighted 200-NN top-1 %, ResNet-18, 200 epochs), quoted
