@@ -59,6 +59,9 @@ class _PairwiseNTXent(torch.autograd.Function):
     Takes the raw embeddings and L2-normalises them itself. ``keys=None`` means the
     anchors are the keys (one process): both gradient paths meet in one product (G + G^T) z.
     ``self_index=None``: no self-pair to mask (MoCo's queries against keys).
+    ``private_keys``: the first this many key columns are each anchor's own: row i keeps
+    only its positive among them (MoCo: a query sees its own key and the queue, not the
+    other queries' keys).
     ``positive_mean``: A for the rules that read it (None: the mean of k[:half] . k[half:],
     the views' layout). ``parameters``: the rule's learned tensors, whose gradients the
     backward returns (rules with one temperature per batch: dL/dtau = -sum_ik G_ik s_ik / tau,
@@ -82,6 +85,7 @@ class _PairwiseNTXent(torch.autograd.Function):
         detach_temperature: bool,
         decoupled: bool,
         positive_mean: Tensor | None,
+        private_keys: int,
         *parameters: Tensor,
     ) -> Tensor:
         reweight = rule.reweight
@@ -116,6 +120,10 @@ class _PairwiseNTXent(torch.autograd.Function):
         positive = logits[rows, positive_index]
         if self_index is not None:
             logits[rows, self_index] = float("-inf")
+        if private_keys:  # a fill through a mask of known shape: nothing read on the host
+            columns = torch.arange(private_keys, device=a.device)
+            others = positive_index[:, None] != columns[None, :]
+            logits[:, :private_keys].masked_fill_(others, float("-inf"))
         if decoupled:
             logits[rows, positive_index] = float("-inf")
         top = logits.amax(dim=1)
@@ -178,7 +186,8 @@ class _PairwiseNTXent(torch.autograd.Function):
         parameter_grads: tuple[Tensor, ...] = ()
         if ctx.learned:  # dL/dtau = -sum_ik G_ik s_ik / tau, and scale = 1 / tau
             parameter_grads = ctx.rule.parameter_gradients(-weighted * scale * grad_loss)
-        return (grad_anchors, grad_keys, None, None, None, None, None, None, None, *parameter_grads)
+        unused = (None,) * 8
+        return (grad_anchors, grad_keys, *unused, *parameter_grads)
 
 
 def _may_read_values(device: torch.device) -> bool:
@@ -360,6 +369,7 @@ def ntxent(
             detach_temperature,
             decoupled,
             None,
+            0,
             *rule.parameters(),
         )
 

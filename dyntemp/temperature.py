@@ -118,6 +118,9 @@ class TemperatureRule:
             for name, value in state.items():
                 params[name].copy_(value)
 
+    def clamp_(self) -> None:
+        """Hold the learned parameters in their range, after each optimiser step (no-op)."""
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """Move the learned parameters (in place, the same Parameter objects); returns self."""
         for p in self.parameters():
