@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -287,3 +288,61 @@ def test_moco_settings_are_checked(fake_root, tmp_path):
         tiny(fake_root, tmp_path, moco_momentum=1.0).check()
     with pytest.raises(ValueError, match="unknown --method"):
         tiny(fake_root, tmp_path, method="byol").check()
+
+
+def test_the_command_line_takes_every_new_option():
+    from dyntemp.__main__ import build_parser
+
+    args = build_parser().parse_args(
+        "train --out x --method moco --moco-momentum 0.999 --queue-size 8192 "
+        "--temperature macl --tau 0.05 --alpha 2 --a0 0.8 --no-reweight --tau-floor 0.005".split()
+    )
+    assert (args.method, args.moco_momentum, args.queue_size) == ("moco", 0.999, 8192)
+    assert args.reweight is False and args.tau_floor == 0.005
+    config = train.TrainConfig(
+        **{k: getattr(args, k) for k in ("method", "temperature", "tau", "alpha", "a0")},
+        reweight=args.reweight,
+        tau_floor=args.tau_floor,
+    )
+    assert config.temperature_rule() == T.MACL(0.05, 2.0, 0.8, reweight=False, tau_floor=0.005)
+    learned = build_parser().parse_args("train --out x --temperature learned --tau 0.07".split())
+    assert learned.temperature == "learned" and learned.tau == 0.07
+
+
+def _torchrun(root: Path, out: Path, processes: int, batch_size: int) -> dict:
+    import subprocess
+    import sys
+
+    command = ["-m", "dyntemp", "train", "--model", "small", "--epochs", "1", "--knn-k", "5"]
+    command += ["--projector-hidden-dim", "64", "--projector-dim", "32", "--no-progress"]
+    command += ["--momentum", "0.9", "--amp", "off", "--method", "moco", "--queue-size", "64"]
+    command += ["--temperature", "learned", "--tau", "0.2"]
+    command += ["--data-root", str(root), "--batch-size", str(batch_size), "--out", str(out)]
+    if processes > 1:
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+        command = launcher + command
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(
+        [sys.executable, *command], env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_train_moco_as_one(tmp_path):
+    """A step of 2 x 8 images on two processes equals one of 16 on one: the same queue
+    (both ranks' keys, in order), the same learned temperature (its gradient averaged)."""
+    root = write_fake_cifar10(tmp_path / "data", train_per_class=2, test_per_class=2)
+    single = _torchrun(root, tmp_path / "single", processes=1, batch_size=16)
+    double = _torchrun(root, tmp_path / "double", processes=2, batch_size=8)
+    assert double["provenance"]["world_size"] == 2
+    assert double["final"]["loss"] == pytest.approx(single["final"]["loss"], rel=1e-5)
+    a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "double" / "checkpoint.pt", weights_only=True)
+    assert a["moco"]["pointer"] == b["moco"]["pointer"] == 32
+    torch.testing.assert_close(a["moco"]["queue"], b["moco"]["queue"], rtol=1e-4, atol=1e-5)
+    initial = math.log(0.2)
+    change_a = a["temperature"]["log_tau"].item() - initial
+    change_b = b["temperature"]["log_tau"].item() - initial
+    assert change_a != 0 and change_b == pytest.approx(change_a, rel=1e-3)
