@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install data test test-unit test-notebooks test-experiments study book lint bench clean
+.PHONY: install data test test-unit test-notebooks test-experiments study book lint bench gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,13 +25,13 @@ test: lint book test-notebooks test-experiments test-unit
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-# The theory chapters, executed cell by cell and compared output by output (strict).
-# Matplotlib builds its font cache first, so that its one-time notice on stderr stays out of
-# the notebooks.
+# The theory chapters and the chapter on the data, executed cell by cell and compared output
+# by output (strict); chapter 5 reads the real CIFAR-10. Matplotlib builds its font cache
+# first, so that its one-time notice on stderr stays out of the notebooks.
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
-test-notebooks: $(STAMP)
+test-notebooks: data
 	$(BIN)/python -c "import matplotlib.pyplot"
-	$(BIN)/python -m pytest $(NBVAL) -p no:cacheprovider notebooks/0[1-4]_*.ipynb
+	$(BIN)/python -m pytest $(NBVAL) -p no:cacheprovider notebooks/0[1-5]_*.ipynb
 
 # The real CIFAR-10: the folder DYNTEMP_DATA names, else torchvision downloads it into ./data.
 export DYNTEMP_DATA ?= $(CURDIR)/data
@@ -46,7 +46,7 @@ test-experiments: data
 	$(BIN)/python -c "import matplotlib.pyplot"
 	runs=$$(mktemp -d) && DYNTEMP_SCALE=smoke DYNTEMP_SMOKE_DIR=$$runs \
 	  $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
-	  --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks/0[5-8]_*.ipynb; \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks/0[6-9]_*.ipynb; \
 	  status=$$?; rm -rf $$runs; exit $$status
 
 # The study behind the experiment chapters at DYNTEMP_SCALE (cpu unless set; about 20 minutes
@@ -65,6 +65,10 @@ bench: $(STAMP)
 	$(BIN)/python -m dyntemp bench loss
 	$(BIN)/python -m dyntemp bench augment
 	$(BIN)/python -m dyntemp bench train
+
+# The GPU check (at most 5 minutes on one GPU): every CUDA path once, results/bench-gpu.
+gpu-check: $(STAMP)
+	$(BIN)/python -m dyntemp bench gpu --out results/bench-gpu
 
 clean:
 	rm -rf _build .pytest_cache

@@ -36,6 +36,7 @@ TEMPERATURE_OPTIONS = (
     "a0",
     "reweight",
     "tau_floor",
+    "formula",
 )
 
 
@@ -62,6 +63,10 @@ class TrainConfig:
     )
     test_subset: int | None = _doc(
         "evaluate on a class-balanced subset of this many test images (default: all)",
+        default=None,
+    )
+    image_size: int | None = _doc(
+        "resize every image to this size (default: as stored; needed for folders of mixed sizes)",
         default=None,
     )
     imbalance: float | None = _doc(
@@ -108,6 +113,10 @@ class TrainConfig:
     tau_floor: float | None = _doc(
         "learned, macl: the lowest temperature (default: 0.01, CLIP's)", default=None
     )
+    formula: str | None = _doc(
+        "formula: tau as a formula of s and progress (epochs), e.g. '0.1 + 0.05*(1 - cos(pi*s))'",
+        default=None,
+    )
     detach_temperature: bool = _doc("stop gradients through the temperature", default=True)
     decoupled: bool = _doc(
         "decoupled contrastive loss (positive not in the denominator)", default=False
@@ -143,6 +152,10 @@ class TrainConfig:
         """The rule named by ``temperature`` with the options given for it."""
         given = {key: getattr(self, key) for key in TEMPERATURE_OPTIONS}
         given = {key: value for key, value in given.items() if value is not None}
+        if self.temperature == "formula":
+            if "formula" not in given:
+                raise ValueError("--temperature formula needs --formula, e.g. '0.2 + 0.1*s**2'")
+            given["max_progress"] = float(max(self.epochs, 1))  # checked over the whole run
         return temperature.from_name(self.temperature, **given)
 
     def check(self) -> None:
@@ -194,6 +207,8 @@ class TrainConfig:
                 f"--queue-size {self.queue_size} must hold at least the two views' keys of a "
                 f"batch ({2 * self.batch_size})"
             )
+        if self.image_size is not None:
+            _integer("image_size", self.image_size, low=8, high=4096)
         rule = self.temperature_rule()
         if rule.reweight and self.decoupled:
             raise ValueError(
@@ -247,6 +262,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 0.1,
         "momentum": 0.9,
         "eval_every": 1,
+    },
+    # The book's colab scale: ResNet-18 on a class-balanced 20,000 images for 10 epochs, for
+    # a reader with one T4-class GPU. Estimated, until a GPU measures it: a training image
+    # costs two views x (forward + backward, about 3 forwards) x 0.56 GFLOPs (ResNet-18 with
+    # the CIFAR stem at 32x32) = 3.3 GFLOPs; at a sixth of a T4's 65 fp16 TFLOPS, about
+    # 3,000 images/s, so 200,000 images take about 70 s and a run with its evaluations
+    # about 1.5 minutes: 5 runs (chapter 6) in about 8 minutes, the ablations in about 15.
+    "colab": {
+        "model": "resnet18",
+        "subset": 20_000,
+        "test_subset": 5_000,
+        "epochs": 10,
+        "batch_size": 256,
+        "lr": 0.3,
+        "momentum": 0.9,
+        "warmup_epochs": 1.0,
+        "eval_every": 2,
     },
     # Does everything run? A handful of steps.
     "smoke": {

@@ -1,13 +1,18 @@
-"""The book's experiments: named training configs at three scales, run once and reused.
+"""The book's experiments: named training configs at four scales, run once and reused.
 
-A *scale* says how big every run of the study is; ``DYNTEMP_SCALE`` chooses it, and it
-defaults to ``gpu`` when CUDA is available, else ``cpu``:
+A *scale* says how big every run of the study is (the preset of the same name in
+``dyntemp.config``):
 
+- ``cpu``: the ``small`` network on a class-balanced subset of CIFAR-10, trained for real
+  (3,000+ SGD steps) in a few minutes a run on a 2-core CPU; the stored study of the book;
+- ``colab``: ResNet-18 sized so that one chapter trains in about 15 minutes on a T4;
 - ``gpu``: the paper's CIFAR-10 setting (ResNet-18, 200 epochs, batch 128, all 50,000
-  training images); what a reader with a GPU runs;
-- ``cpu``: the ``small`` network on a class-balanced subset of CIFAR-10, a few minutes a
-  run on a 2-core CPU;
+  training images), about a day for the whole study on one GPU;
 - ``smoke``: a handful of steps, to check that every chapter runs end to end.
+
+``DYNTEMP_SCALE`` chooses the scale of the chapters. Without it they show the stored ``cpu``
+study and train nothing; with it they train what that scale lacks, after saying how many
+runs and about how long (``plan``), measured on the machine at hand.
 
 A *config* is a name of the study (``fixed-0.2``, ``dystress-0.1-0.2``, ``macl``, ...) that
 adds the temperature rule and, for the long-tailed runs, the dataset to the scale's
@@ -16,10 +21,11 @@ settings. ``run_or_load(name, seed, scale)`` returns the finished run in
 trains it there otherwise (at ``smoke`` scale in a temporary folder, never in ``results/``).
 After training it also writes ``eval.json`` (``python -m dyntemp eval``) and
 ``embedding.json``: histograms of the similarities of the projections, where the loss's
-temperature acts, and for seed 0 a 2-D t-SNE map of test images.
+temperature acts, and for seed 0 a 2-D t-SNE map of test images. ``untrained(seed, scale)``
+is the kNN accuracy of the same network before any training, the baseline of every table.
 
 ``python -m dyntemp.experiments study cpu`` runs the whole study at one scale;
-``python -m dyntemp.experiments table cpu`` prints the table of chapter 8.
+``python -m dyntemp.experiments table cpu`` prints the table of chapter 9.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import shlex
 import sys
@@ -40,20 +45,36 @@ import torch
 
 from dyntemp import runs
 from dyntemp import train as training
+from dyntemp.augment import ViewBatches
 from dyntemp.config import PRESETS, TrainConfig
 
-SCALES = ("smoke", "cpu", "gpu")
+# The verdicts, under the names the chapters use (see dyntemp.stats).
+from dyntemp.stats import describe, difference, holm, mean_and_spread, verdict  # noqa: F401
+
+SCALES = ("smoke", "cpu", "colab", "gpu")
 
 # What every run of a scale shares: the preset of the same name (the gpu scale is the
 # paper's setting, where torchvision fetches CIFAR-10 if DYNTEMP_DATA has none).
-SCALE_PRESETS: dict[str, str] = {"gpu": "paper-cifar10", "cpu": "cpu", "smoke": "smoke"}
+SCALE_PRESETS: dict[str, str] = {
+    "gpu": "paper-cifar10",
+    "colab": "colab",
+    "cpu": "cpu",
+    "smoke": "smoke",
+}
 SCALE_SETTINGS: dict[str, dict[str, Any]] = {
     scale: {**PRESETS[name], **({"download": True} if scale == "gpu" else {})}
     for scale, name in SCALE_PRESETS.items()
 }
 
 # The seeds of every config at each scale.
-SEEDS: dict[str, tuple[int, ...]] = {"gpu": (0, 1, 2), "cpu": (0, 1, 2), "smoke": (0,)}
+SEEDS: dict[str, tuple[int, ...]] = {
+    "gpu": (0, 1, 2),
+    "colab": (0,),
+    "cpu": (0, 1, 2),
+    "smoke": (0,),
+}
+#: The scale whose runs are stored in the repository, shown when no scale is asked for.
+STORED_SCALE = "cpu"
 
 # The main comparison: fixed temperatures against DySTreSS with two ranges.
 MAIN: dict[str, dict[str, Any]] = {
@@ -98,6 +119,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "exponential": {"temperature": "exponential", "tau_min": 0.1, "tau_max": 0.2, "rate": 3.5},
     "dystress-0.07-0.1": {"temperature": "dystress", "tau_min": 0.07, "tau_max": 0.1},
     "lt-fixed-0.2": {**LONG_TAILED, **MAIN["fixed-0.2"]},
+    # A reader's own rule, written as one formula: DySTreSS's range with a parabola.
+    "formula-quadratic": {"temperature": "formula", "formula": "0.1 + 0.1*s**2"},
+    # The same run in float32: does the bf16 arithmetic of the CPU study change anything?
+    "fixed-0.2-fp32": {**MAIN["fixed-0.2"], "amp": "off", "channels_last": "off"},
 }
 
 CONFIGS: dict[str, dict[str, Any]] = {**MAIN, **ABLATIONS}
@@ -119,6 +144,8 @@ LABELS: dict[str, str] = {
     "linear": "linear (0.1, 0.2)",
     "exponential": "exponential (0.1, 0.2, c = 3.5)",
     "dystress-0.07-0.1": "DySTreSS (0.07, 0.1)",
+    "formula-quadratic": "formula τ = 0.1 + 0.1 s²",
+    "fixed-0.2-fp32": "fixed τ = 0.2, float32",
 }
 
 # Numbers reported by the paper (weighted 200-NN top-1 %, ResNet-18, 200 epochs), quoted
@@ -141,9 +168,14 @@ MAPPED = ("fixed-0.1", "fixed-0.5", "dystress-0.1-0.2")  # configs with a map (s
 
 
 def default_scale() -> str:
-    """``DYNTEMP_SCALE`` if set, else ``gpu`` with CUDA and ``cpu`` without."""
-    scale = os.environ.get("DYNTEMP_SCALE") or ("gpu" if torch.cuda.is_available() else "cpu")
-    return check_scale(scale)
+    """``DYNTEMP_SCALE`` if set, else the stored study's scale (never one that trains)."""
+    return check_scale(os.environ.get("DYNTEMP_SCALE") or STORED_SCALE)
+
+
+def may_train() -> bool:
+    """True when the reader asked for a scale (``DYNTEMP_SCALE``): only then do the chapters
+    train what is not stored."""
+    return bool(os.environ.get("DYNTEMP_SCALE"))
 
 
 def check_scale(scale: str) -> str:
@@ -331,6 +363,116 @@ def tsne_map(features: torch.Tensor, seed: int = 0) -> dict[str, list[float]]:
     }
 
 
+# ----------------------------------------------------------------------------- baseline
+
+UNTRAINED = "untrained"
+UNTRAINED_FILE = "untrained.json"
+
+
+def untrained_folder(seed: int, scale: str) -> Path:
+    return run_dir(UNTRAINED, seed, scale)
+
+
+def untrained(seed: int = 0, scale: str | None = None, *, compute: bool = True) -> dict | None:
+    """The kNN top-1 of the scale's network before any training (initialised with ``seed``),
+    evaluated exactly as the trained runs are: what training adds is measured from here.
+
+    Stored in ``results/<scale>/untrained/seed<k>/untrained.json`` (with its provenance);
+    computed when missing if ``compute`` (seconds: one pass over the images).
+    """
+    from dyntemp import distributed, provenance
+
+    scale = default_scale() if scale is None else check_scale(scale)
+    path = untrained_folder(seed, scale) / UNTRAINED_FILE
+    cfg = config("fixed-0.2", seed, scale)
+    if path.exists():
+        stored = runs.read_json(path)
+        if runs.same_config(stored["config"], cfg.as_dict()):
+            return stored
+    if not compute:
+        return None
+    train_set, test_set = training.load_data(cfg)
+    device = distributed.choose_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # the initial weights every run of this seed starts from
+    model = training.build_model(cfg).to(device)
+    augment = training.build_augment(cfg, train_set.images.shape[-1])
+    accuracy = training.knn_eval(
+        model.backbone, train_set.images, train_set, test_set, augment, cfg, device
+    )
+    result = {
+        "knn_top1": accuracy,
+        "config": cfg.as_dict(),
+        "provenance": {
+            **provenance.provenance(device),
+            "dataset": {
+                "train_images": len(train_set),
+                "train_fingerprint": train_set.fingerprint,
+                "test_images": len(test_set),
+                "test_fingerprint": test_set.fingerprint,
+            },
+        },
+    }
+    if scale != "smoke":  # a relative folder keeps machine paths out of the files
+        result["config"]["out"] = relative(cfg.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_json(path, result)
+    return result
+
+
+# ----------------------------------------------------------------------------- plans
+
+
+def missing(names: Iterable[str], scale: str) -> list[tuple[str, int]]:
+    """The (config, seed) runs of ``names`` at ``scale`` that are not finished yet."""
+    return [
+        (name, seed)
+        for name in names
+        for seed in seeds(name, scale)
+        if not finished(run_dir(name, seed, scale), config(name, seed, scale))
+    ]
+
+
+def step_seconds(scale: str, steps: int = 6) -> float:
+    """Seconds of one training step of the scale's network on this machine, measured."""
+    import time
+
+    from dyntemp import distributed
+
+    cfg = config("fixed-0.2", 0, scale)
+    device = distributed.choose_device(cfg.device)
+    images = torch.randint(0, 256, (2 * cfg.batch_size, 3, 32, 32), dtype=torch.uint8)
+    run = training.start_run(cfg, distributed.Context(0, 1, 0, device), images)
+    batches = ViewBatches(run.images, cfg.batch_size, run.augment, seed=0, epoch=0)
+    view1, view2 = next(iter(batches))
+    times = []
+    for step in range(steps):
+        begin = time.perf_counter()
+        training.train_step(run, view1, view2, step).item()
+        times.append(time.perf_counter() - begin)
+    return sorted(times[steps // 2 :])[0] if steps > 1 else times[0]
+
+
+def plan(names: Iterable[str], scale: str) -> str:
+    """What training ``names`` at ``scale`` would take here: runs, steps, estimated time."""
+    todo = missing(list(names), scale)
+    if not todo:
+        return f"all runs of these configs are stored at {scale} scale: nothing to train"
+    seconds = step_seconds(scale)
+    steps = sum(_steps(config(name, seed, scale)) for name, seed in todo)
+    minutes = steps * seconds / 60
+    return (
+        f"{len(todo)} runs to train at {scale} scale ({steps:,} steps); one step takes "
+        f"{1000 * seconds:.0f} ms here, so about {minutes:.0f} minutes of training, plus "
+        f"evaluation"
+    )
+
+
+def _steps(cfg: TrainConfig) -> int:
+    images = {"cifar10": 50_000, "cifar100": 50_000, "cifar10-lt": 12_406}.get(cfg.dataset)
+    images = cfg.subset or images or 50_000
+    return (images // cfg.batch_size) * cfg.epochs
+
+
 # ----------------------------------------------------------------------------- tables
 
 
@@ -348,54 +490,6 @@ def collect(
             elif finished(run_dir(name, seed, scale), config(name, seed, scale)):
                 found[name].append(load(run_dir(name, seed, scale)))
     return found
-
-
-def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    if n == 1:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-
-
-def difference(values: Sequence[float], reference: Sequence[float]) -> dict[str, float | bool]:
-    """Mean of ``values`` minus mean of ``reference``, its standard error and whether it is
-    larger than twice that standard error (``exceeds``).
-
-    The standard error is ``sqrt(s_a^2 / n_a + s_b^2 / n_b)`` with each group's sample
-    variance; a group of one run borrows the other group's variance. With a few seeds this
-    is a rough yardstick, not a test.
-    """
-    (mean_a, spread_a), (mean_b, spread_b) = mean_and_spread(values), mean_and_spread(reference)
-    diff = mean_a - mean_b
-    if len(values) < 2 and len(reference) < 2:  # no spread to judge by
-        return {"difference": diff, "standard_error": math.nan, "exceeds": False}
-    if len(values) < 2:
-        spread_a = spread_b
-    if len(reference) < 2:
-        spread_b = spread_a
-    error = math.sqrt(spread_a**2 / len(values) + spread_b**2 / len(reference))
-    return {"difference": diff, "standard_error": error, "exceeds": abs(diff) > 2 * error}
-
-
-def verdict(gap: dict[str, float | bool]) -> str:
-    """How a ``difference`` compares with its spread, in words."""
-    error = gap["standard_error"]
-    if math.isnan(error):
-        return "not judged: one seed each, so no spread to compare it with"
-    larger = "larger" if gap["exceeds"] else "not larger"
-    return f"{larger} than twice its standard error ({error:.2f})"
-
-
-def describe(values: Sequence[float], digits: int = 2) -> str:
-    """``mean ± spread (n seeds)``, or the single value for one run."""
-    mean, spread = mean_and_spread(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f} (1 seed)"
-    return f"{mean:.{digits}f} ± {spread:.{digits}f} ({len(values)} seeds)"
 
 
 def results_table(scale: str, names: Iterable[str] | None = None) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ __all__ = [
     "DySTreSS",
     "Exponential",
     "Fixed",
+    "Formula",
     "Learned",
     "Linear",
     "MACL",
@@ -536,3 +537,10 @@ def from_name(name: str, **params: Any) -> TemperatureRule:
             f"which takes {', '.join(allowed)}"
         )
     return cls(**params)
+
+
+# A rule from one formula (dyntemp/formula.py builds on TemperatureRule above).
+from dyntemp.formula import Formula  # noqa: E402
+
+_RULES["formula"] = Formula
+NAMES = tuple(_RULES)

@@ -95,11 +95,25 @@ def load_data(config: TrainConfig) -> tuple[data.ImageDataset, data.ImageDataset
     options: dict[str, Any] = {}
     if config.imbalance is not None:
         options["imbalance"] = config.imbalance
+    common = {"image_size": config.image_size}
     train_set = data.load_dataset(
-        config.dataset, config.data_root, "train", config.download, subset=config.subset, **options
+        config.dataset,
+        config.data_root,
+        "train",
+        config.download,
+        subset=config.subset,
+        subset_name="--subset",
+        **common,
+        **options,
     )
     test_set = data.load_dataset(
-        config.dataset, config.data_root, "test", config.download, subset=config.test_subset
+        config.dataset,
+        config.data_root,
+        "test",
+        config.download,
+        subset=config.test_subset,
+        subset_name="--test-subset",
+        **common,
     )
     return train_set, test_set
 

@@ -131,6 +131,28 @@ def _stored_figures(source: Path) -> int:
     return sum("image/png" in out.get("data", {}) for out in outputs)
 
 
+def _captioned_figures(source: Path) -> list[tuple[str, str]]:
+    """(caption, alt) of the cells that give their figure a caption (cell metadata mystnb)."""
+    if source.suffix != ".ipynb":
+        return []
+    cells = json.loads(source.read_text())["cells"]
+    found = []
+    for cell in cells:
+        options = cell.get("metadata", {}).get("mystnb", {})
+        if "figure" in options:
+            caption = options["figure"].get("caption", "")
+            found.append((caption, options.get("image", {}).get("alt", "")))
+    return found
+
+
+# Figures that carry a caption on the page, with the alt text of their image.
+FIND_CAPTIONED = """() => Array.from(document.querySelectorAll("main figure")).map((fig) => {
+  const img = fig.querySelector("img");
+  const caption = fig.querySelector("figcaption");
+  return [caption ? caption.textContent.trim() : "", img ? img.alt : ""];
+})"""
+
+
 PAGES = [f"{doc}.html" for doc in _toc_files()] + ["index.html", "genindex.html", "search.html"]
 
 
@@ -233,6 +255,14 @@ def test_page_in_browser(site: str, browser, page_path: str) -> None:  # noqa: A
     if source is not None:
         shown = page.eval_on_selector_all("main img", "els => els.length")
         assert shown >= _stored_figures(source), f"{page_path}: figures of the source missing"
+        wanted = _captioned_figures(source)
+        if wanted:
+            captioned = page.evaluate(FIND_CAPTIONED)
+            for caption, alt in wanted:
+                assert any(
+                    text and caption.split("`")[0].strip()[:40] in text and alt == seen_alt
+                    for text, seen_alt in captioned
+                ), f"{page_path}: figure {caption[:40]!r} without its caption or alt text"
 
     colab_links = page.eval_on_selector_all(f"a[href^='{COLAB}']", "els => els.map(e => e.href)")
     if source is not None and source.suffix == ".ipynb":

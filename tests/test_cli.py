@@ -157,3 +157,43 @@ def test_the_real_entry_point_prints_no_traceback(tmp_path):
     assert process.returncode == 2
     expected = "error: unknown --model 'vgg'; choose one of resnet18, resnet50, small\n"
     assert process.stderr == expected
+
+
+def test_a_formula_rule_from_the_command_line(fake_root, tmp_path, capsys):
+    out = tmp_path / "formula"
+    formula = "0.1 + 0.05*(1 - cos(pi*s))"
+    command = ["train", "--data-root", str(fake_root), *TINY, "--out", str(out)]
+    assert main([*command, "--temperature", "formula", "--formula", formula]) == 0
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["temperature"], config["formula"]) == ("formula", formula)
+    results = json.loads((out / "results.json").read_text())
+    assert results["temperature"]["params"]["formula"] == formula
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--temperature", "formula"], "--temperature formula needs --formula"),
+        (["--temperature", "formula", "--formula", "__import__('os').system('x')"], "not allowed"),
+        (["--temperature", "formula", "--formula", "s"], "formula"),
+        (["--image-size", "3"], "--image-size must be at least 8"),
+        (["--test-subset", "1e20"], "--test-subset"),
+    ],
+)
+def test_bad_rule_options_are_one_line(arguments, message, fake_root, tmp_path, capsys):
+    out = tmp_path / "r"
+    command = ["train", "--data-root", str(fake_root), *TINY, "--out", str(out), *arguments]
+    assert exit_code(command) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: ") and message in error, error
+    assert not out.exists()
+
+
+def test_help_says_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(required) (default" not in text
+    assert "imbalance ratio of cifar10-lt / cifar100-lt (default: 0.01)" in text
+    assert "(default: 0.01) (default" not in text
+    assert "--lr LR peak learning rate (default: 0.2)" in text

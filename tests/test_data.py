@@ -241,9 +241,9 @@ def test_image_folder_reads_classes_sorted_and_pixels_exactly(tmp_path, cache_ho
 
 def test_image_folder_resizes_images_of_other_sizes(tmp_path, cache_home):
     write_image_folder(tmp_path, sizes=((8, 8), (12, 16), (20, 10)))
-    with pytest.raises(ValueError, match="differ in size.*size="):
+    with pytest.raises(ValueError, match="differ in size.*pass --image-size N to resize"):
         load_dataset("imagefolder", root=tmp_path)
-    dataset = load_dataset("imagefolder", root=tmp_path, size=8)
+    dataset = load_dataset("imagefolder", root=tmp_path, image_size=8)
     assert dataset.images.shape == (9, 3, 8, 8)
     original = np.array(Image.open(tmp_path / "train" / "apple" / "000.png"))
     assert torch.equal(dataset.images[0].permute(1, 2, 0), torch.from_numpy(original))
@@ -267,9 +267,9 @@ def _count_decodes(monkeypatch) -> list[int]:
     calls = []
     decode = data._decode_all
 
-    def counting(files, size):
+    def counting(files, raw, size):
         calls.append(len(files))
-        return decode(files, size)
+        return decode(files, raw, size)
 
     monkeypatch.setattr(data, "_decode_all", counting)
     return calls
@@ -294,7 +294,7 @@ def test_cache_is_used_then_rebuilt_when_a_file_changes(tmp_path, monkeypatch, c
     assert load_dataset("imagefolder", root=tmp_path, cache=False).images.shape[0] == 8
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong labels"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong labels", "flipped pixels"])
 def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, cache_home, damage):
     write_image_folder(tmp_path)
     first = load_dataset("imagefolder", root=tmp_path)
@@ -303,10 +303,17 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, cache_home, damage):
         path.write_bytes(b"not a cache")
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:500])
-    else:
+    elif damage == "wrong labels":
         entry = torch.load(path, weights_only=True)
         entry["labels"] = torch.zeros_like(entry["labels"])
         torch.save(entry, path)
+    else:  # 8 bytes of pixels flipped inside the file, which still loads
+        blob = bytearray(path.read_bytes())
+        start = blob.find(first.images.numpy().tobytes()[:64])
+        assert start > 0
+        blob[start + 100 : start + 108] = bytes(255 - b for b in blob[start + 100 : start + 108])
+        path.write_bytes(bytes(blob))
+        assert not torch.equal(torch.load(path, weights_only=True)["images"], first.images)
     calls = _count_decodes(monkeypatch)
     again = load_dataset("imagefolder", root=tmp_path)
     assert calls == [9]
@@ -393,10 +400,11 @@ def test_missing_files_say_what_was_looked_for_and_how_to_get_it(tmp_path):
         load_dataset("cifar10", root=tmp_path)
     message = str(error.value)
     assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in message
-    assert str(tmp_path / "train") in message and "download=True" in message
-    with pytest.raises(FileNotFoundError, match="stl10_binary.*download=True"):
+    assert str(tmp_path / "train") in message and "--download" in message
+    assert "--data-root" in message and "download=True" not in message
+    with pytest.raises(FileNotFoundError, match="stl10_binary.*--download"):
         load_dataset("stl10", root=tmp_path)
-    with pytest.raises(FileNotFoundError, match="no folder"):
+    with pytest.raises(FileNotFoundError, match="no folder.*--data-root"):
         load_dataset("imagefolder", root=tmp_path / "nowhere")
 
 
@@ -426,3 +434,229 @@ def test_unreadable_pickle_is_named(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(ValueError, match=f"cannot read {bad}"):
         load_dataset("cifar10", root=tmp_path, split="test")
+    bad.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"cannot read {bad}: it is empty or cut short"):
+        load_dataset("cifar10", root=tmp_path, split="test")
+
+
+# -- files that must not be trusted --------------------------------------------------------------
+
+
+class _Planted:
+    """Unpickled by the standard unpickler, this writes a file: what a hostile batch could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+@pytest.mark.parametrize("file_name", ["data_batch_1", "batches.meta"])
+def test_a_planted_cifar_pickle_cannot_run_code(tmp_path, file_name):
+    write_cifar_pickles(tmp_path, "cifar10", per_class=1, num_classes=10)
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "cifar-10-batches-py" / file_name
+    path.write_bytes(pickle.dumps({"data": _Planted(marker), "label_names": _Planted(marker)}))
+    with pytest.raises(ValueError, match=f"cannot read {path}: it asks for builtins.exec") as error:
+        load_dataset("cifar10", root=tmp_path)
+    assert not marker.exists()
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_cifar_pickles_of_every_protocol_still_load(tmp_path, protocol):
+    written = write_cifar_pickles(tmp_path, "cifar10", per_class=2, num_classes=10)
+    folder = tmp_path / "cifar-10-batches-py"
+    entry = pickle.loads((folder / "test_batch").read_bytes())
+    entry["numpy label"] = np.int64(3)  # numbers as numpy writes them load too
+    (folder / "test_batch").write_bytes(pickle.dumps(entry, protocol=protocol))
+    test = load_dataset("cifar10", root=tmp_path, split="test")
+    assert torch.equal(test.images.reshape(len(test), -1), torch.from_numpy(written["test"]))
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (["not", "a", "dict"], "holds a list, not a dict"),
+        ({"labels": [0]}, "has no 'data'"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "2 images and 1 labels"),
+        ({"data": np.zeros((1, 3072), np.uint8), "labels": [10]}, "labels run from 10 to 10"),
+        ({"data": np.zeros((1, 3072), np.float32), "labels": [0]}, "float32 .1, 3072., not uint8"),
+        ({"data": np.zeros((1, 100), np.uint8), "labels": [0]}, r"uint8 \(1, 100\)"),
+        ({"data": np.zeros((1, 3072), np.uint8), "labels": ["cat"]}, "not a list of whole"),
+    ],
+)
+def test_a_cifar_batch_of_the_wrong_shape_is_named(tmp_path, entry, message):
+    write_cifar_pickles(tmp_path, "cifar10", per_class=1, num_classes=10)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(pickle.dumps(entry))
+    with pytest.raises(ValueError, match=f"{path} .*{message}"):
+        load_dataset("cifar10", root=tmp_path, split="test")
+
+
+def test_a_cifar_meta_file_without_class_names_is_named(tmp_path):
+    write_cifar_pickles(tmp_path, "cifar10", per_class=1, num_classes=10)
+    path = tmp_path / "cifar-10-batches-py" / "batches.meta"
+    path.write_bytes(pickle.dumps({"names": ["a"]}))
+    with pytest.raises(ValueError, match=f"{path} is not a cifar10 meta file"):
+        load_dataset("cifar10", root=tmp_path, split="test")
+
+
+def test_a_rewritten_image_is_seen_even_with_size_and_time_put_back(
+    tmp_path, monkeypatch, cache_home
+):
+    """Files changed just before the cache was built: their bytes are checked."""
+    write_image_folder(tmp_path)
+    first = load_dataset("imagefolder", root=tmp_path)
+    path = tmp_path / "train" / "mango" / "001.png"
+    before = path.stat()
+    image = np.array(Image.open(path))
+    Image.fromarray(255 - image).save(path)  # the same size: PNG of the inverted pixels
+    assert path.stat().st_size == before.st_size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    calls = _count_decodes(monkeypatch)
+    again = load_dataset("imagefolder", root=tmp_path)
+    assert calls == [9]
+    assert torch.equal(again.images[4].permute(1, 2, 0), torch.from_numpy(255 - image))
+    assert again.fingerprint != first.fingerprint
+
+
+def test_an_old_file_replaced_with_size_and_time_put_back_is_seen(
+    tmp_path, monkeypatch, cache_home
+):
+    """Files older than the cache: their stat is enough, and a cached load reads none."""
+    monkeypatch.setattr(data, "_RECENT_NS", -(10**30))  # every file counts as old
+    write_image_folder(tmp_path)
+    load_dataset("imagefolder", root=tmp_path)
+    read = data._read_bytes
+    reads = []
+    monkeypatch.setattr(data, "_read_bytes", lambda path: reads.append(path) or read(path))
+    load_dataset("imagefolder", root=tmp_path)
+    assert reads == []  # a cached load of unchanged old files reads no image
+    path = tmp_path / "train" / "mango" / "001.png"
+    before = path.stat()
+    image = np.array(Image.open(path))
+    Image.fromarray(255 - image).save(tmp_path / "new.png")
+    os.utime(tmp_path / "new.png", ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(tmp_path / "new.png", path)  # as rsync and tar do: a new inode
+    calls = _count_decodes(monkeypatch)
+    again = load_dataset("imagefolder", root=tmp_path)
+    assert calls == [9]
+    assert torch.equal(again.images[4].permute(1, 2, 0), torch.from_numpy(255 - image))
+
+
+# -- image size -----------------------------------------------------------------------------------
+
+
+def test_image_size_resizes_cifar_as_the_image_folder_loader_does(tmp_path, cache_home):
+    written = write_cifar_pickles(tmp_path / "pickles", "cifar10", per_class=1, num_classes=10)
+    test = load_dataset("cifar10", root=tmp_path / "pickles", split="test")
+    for k, (image, label) in enumerate(zip(test.images, test.labels, strict=True)):
+        folder = tmp_path / "folders" / "test" / f"class_{int(label):03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{k:03d}.png")
+    for size in (16, 48):
+        pickles = load_dataset("cifar10", root=tmp_path / "pickles", split="test", image_size=size)
+        folders = load_dataset("cifar10", root=tmp_path / "folders", split="test", image_size=size)
+        assert pickles.images.shape == (10, 3, size, size)
+        order = torch.argsort(pickles.labels, stable=True)
+        assert torch.equal(pickles.images[order], folders.images)
+    same = load_dataset("cifar10", root=tmp_path / "pickles", split="test", image_size=32)
+    assert torch.equal(same.images.reshape(10, -1), torch.from_numpy(written["test"]))
+
+
+def test_image_size_applies_to_stl10(tmp_path):
+    write_stl10(tmp_path)
+    assert load_dataset("stl10", root=tmp_path, image_size=32).images.shape == (6, 3, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (0, "at least 1, got 0"),
+        (8.0, "a whole number, got 8.0"),
+        ("8", "a whole number, got '8'"),
+        (10**6, "at most 4096"),
+    ],
+)
+def test_image_size_must_be_a_positive_whole_number(tmp_path, value, message):
+    with pytest.raises(ValueError, match=f"--image-size must be {message}"):
+        load_dataset("cifar10", root=tmp_path, image_size=value)
+
+
+# -- messages a user can act on -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (10**20, "must be at most 100, the images in cifar10 test, got 100000000000000000000"),
+        (1e20, "must be a whole number, got 1e"),
+        (5.5, "must be a whole number, got 5.5"),
+        (True, "must be a whole number, got True"),
+        (0, "must be at least 1, got 0"),
+    ],
+)
+def test_subset_messages_name_the_option_the_caller_gives(tmp_path, value, message):
+    write_cifar_pickles(tmp_path, "cifar10", per_class=10, num_classes=10)
+    with pytest.raises(ValueError, match=f"^--test-subset {message}"):
+        load_dataset(
+            "cifar10", root=tmp_path, split="test", subset=value, subset_name="--test-subset"
+        )
+    with pytest.raises(ValueError, match=f"^subset {message.split(',')[0]}"):
+        load_dataset("cifar10", root=tmp_path, split="test", subset=value)
+
+
+def test_subset_of_a_long_tailed_split_says_which_class_is_short(tmp_path):
+    write_cifar_pickles(tmp_path, "cifar10", per_class=100, num_classes=10)
+    with pytest.raises(
+        ValueError,
+        match="--subset 100 needs 10 images of each of 10 classes, "
+        "and cifar10-lt train has 7 of class 'class_005'",
+    ):
+        load_dataset("cifar10-lt", root=tmp_path, subset=100, subset_name="--subset")
+
+
+def test_an_imbalance_that_empties_a_class_is_refused(tmp_path):
+    write_cifar_pickles(tmp_path, "cifar10", per_class=20, num_classes=10)
+    with pytest.raises(
+        ValueError, match="--imbalance 0.01 leaves class 'class_006' of cifar10-lt with no images"
+    ):
+        load_dataset("cifar10-lt", root=tmp_path)
+    with pytest.raises(ValueError, match="--imbalance must be a number"):
+        load_dataset("cifar10-lt", root=tmp_path, imbalance="0.1")
+
+
+def test_an_unidentifiable_image_is_named_not_its_buffer(tmp_path, cache_home):
+    write_image_folder(tmp_path)
+    bad = tmp_path / "train" / "mango" / "001.png"
+    bad.write_bytes(b"no image format at all")
+    with pytest.raises(ValueError) as error:
+        load_dataset("imagefolder", root=tmp_path)
+    assert str(error.value) == f"cannot read image {bad}: not in a format PIL knows, or damaged"
+
+
+def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(ValueError, match=f"^--download of cifar10 into {tmp_path} failed: .*name"):
+        load_dataset("cifar10", root=tmp_path, download=True)
+
+
+@pytest.mark.parametrize("damage", ["labels out of range", "class names"])
+def test_stl10_files_of_the_wrong_shape_are_named(tmp_path, damage):
+    write_stl10(tmp_path)
+    folder = tmp_path / "stl10_binary"
+    if damage == "labels out of range":
+        np.array([0, 1, 2, 3, 4, 5], np.uint8).tofile(folder / "train_y.bin")
+        match = f"{folder / 'train_y.bin'} has labels 0..5, not 1..10"
+    else:
+        (folder / "class_names.txt").write_text("one\ntwo\n")
+        match = f"{folder / 'class_names.txt'} names 2 classes, stl10 has 10"
+    with pytest.raises(ValueError, match=match):
+        load_dataset("stl10", root=tmp_path)

@@ -22,7 +22,7 @@ from dyntemp import experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
-CHAPTER = ROOT / "notebooks" / "08_results.ipynb"
+CHAPTER = ROOT / "notebooks" / "09_results.ipynb"
 RUN_FOLDERS = sorted(path.parent for path in RESULTS.glob("*/*/seed*/results.json"))
 SCALES = sorted({folder.parts[-3] for folder in RUN_FOLDERS})
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from dyntemp.augment import SimCLRAugment
-from dyntemp.bench.common import per_image_pipeline, sync, write_results
+from dyntemp.bench.common import host_syncs, per_image_pipeline, sync, write_results
 from dyntemp.data import load_dataset
 from dyntemp.provenance import load_average, provenance, usable_cores
 
@@ -84,16 +84,7 @@ def time_per_image(pipeline: Callable, arrays: np.ndarray) -> float:
 def check_no_sync(aug: SimCLRAugment, images: torch.Tensor) -> str:
     """Whether a GPU call synchronises with the host (CUDA's sync debug mode)."""
     g = torch.Generator(device=images.device).manual_seed(0)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        aug(images, g)
-        return "none"
-    except RuntimeError as error:
-        return f"yes: {error}"
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-        torch.cuda.synchronize()
+    return host_syncs(lambda: aug(images, g))
 
 
 def run(batch: int, size: int, rounds: int, batches: int) -> dict:

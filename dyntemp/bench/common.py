@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
+from dyntemp import runs
 from dyntemp.data import CIFAR10_MEAN, CIFAR10_STD
 
-RESULTS_FILE = "results.json"
+RESULTS_FILE = runs.RESULTS_FILE  # the name of every results file
 
 
 def sync(device: torch.device | str) -> None:
@@ -20,6 +21,21 @@ def sync(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def host_syncs(fn: Callable[[], object]) -> str:
+    """``"none"`` if ``fn()`` makes the host wait for the GPU, else what CUDA's sync debug
+    mode reported. Run ``fn`` once before: first calls make one-off copies."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+        return "none"
+    except RuntimeError as error:
+        return f"yes: {error}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
 
 
 def per_image_pipeline(

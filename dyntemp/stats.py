@@ -1,0 +1,94 @@
+"""Verdicts on differences between configs: Welch's t-test over seeds, with a correction for
+the many comparisons a chapter makes.
+
+``difference(values, reference)`` compares the accuracies of two configs (one value per
+seed): the mean difference, its standard error, Welch's t statistic, its degrees of freedom
+and the two-sided p-value. ``holm(p_values)`` adjusts a family of p-values so that the
+chance of any false "different" in the whole family stays below the level. ``verdict`` says
+it in words, with the threshold it used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+LEVEL = 0.05  # the significance level of every verdict in the book
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def describe(values: Sequence[float], digits: int = 2) -> str:
+    """``mean ± spread (n seeds)``, or the single value for one run."""
+    mean, spread = mean_and_spread(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f} (1 seed)"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f} ({len(values)} seeds)"
+
+
+def difference(values: Sequence[float], reference: Sequence[float]) -> dict[str, Any]:
+    """Mean of ``values`` minus mean of ``reference``, and Welch's two-sided t-test of it.
+
+    Returns ``difference``, ``standard_error`` (sqrt(s_a^2/n_a + s_b^2/n_b)), ``t``, ``df``
+    (Welch-Satterthwaite) and ``p_value``; with fewer than two values on either side, or no
+    spread at all, the test cannot be made and ``t``, ``df`` and ``p_value`` are NaN.
+    """
+    (mean_a, spread_a), (mean_b, spread_b) = mean_and_spread(values), mean_and_spread(reference)
+    n_a, n_b = len(values), len(reference)
+    gap: dict[str, Any] = {"difference": mean_a - mean_b, "n": (n_a, n_b)}
+    nan = {"standard_error": math.nan, "t": math.nan, "df": math.nan, "p_value": math.nan}
+    if n_a < 2 or n_b < 2:
+        return {**gap, **nan}
+    va, vb = spread_a**2 / n_a, spread_b**2 / n_b
+    error = math.sqrt(va + vb)
+    if error == 0:
+        return {**gap, **nan, "standard_error": 0.0}
+    t = gap["difference"] / error
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    return {**gap, "standard_error": error, "t": t, "df": df, "p_value": two_sided_p(t, df)}
+
+
+def two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom (any real df > 0)."""
+    from scipy import stats
+
+    return float(2.0 * stats.t.sf(abs(t), df))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment: p-values comparable with the level for the whole family
+    (NaN stays NaN and does not count)."""
+    indexed = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m = len(indexed)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(indexed):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(gap: dict[str, Any], adjusted_p: float | None = None, level: float = LEVEL) -> str:
+    """The difference and its test in words, e.g. ``+1.20 points, p = 0.031 (Welch, 3 vs 3
+    seeds): different at the 0.05 level``; with ``adjusted_p`` the Holm-adjusted p decides."""
+    said = f"{gap['difference']:+.2f} points"
+    p = gap["p_value"]
+    if math.isnan(p):
+        n_a, n_b = gap["n"]
+        return f"{said}, not tested ({n_a} vs {n_b} seeds: a test needs two on each side)"
+    seeds = f"Welch, {gap['n'][0]} vs {gap['n'][1]} seeds"
+    decisive = p if adjusted_p is None else adjusted_p
+    text = f"{said}, p = {p:.3f} ({seeds}"
+    text += ")" if adjusted_p is None else f"; Holm-adjusted p = {adjusted_p:.3f})"
+    outcome = "different" if decisive < level else "not shown to differ"
+    return f"{text}: {outcome} at the {level:g} level"

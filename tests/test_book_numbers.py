@@ -1,0 +1,62 @@
+"""Every number that the prose of chapters 1-5 quotes from a computation is in an output.
+
+Each entry is (chapter, the text as the prose quotes it, the text a stored output or an
+assert of that chapter shows). The test fails when the prose no longer says it, or when no
+output or assert of the chapter backs it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "notebooks"
+
+QUOTED = [
+    ("01_contrastive_learning", "-2.080", "-2.080"),
+    ("01_contrastive_learning", "$8/\\pi^2 \\approx 0.81$", "4: 0.811"),
+    ("01_contrastive_learning", "about $0.987$", "16: 0.987"),
+    ("01_contrastive_learning", "$0.86$ to $0.89$", "0.864"),
+    ("01_contrastive_learning", "$0.86$ to $0.89$", "0.886"),
+    ("01_contrastive_learning", "about one in four", "ratio 0.2471"),
+    ("02_gradients_of_ntxent", "\\approx 17$", "pushed 17.4 times harder"),
+    ("02_gradients_of_ntxent", "\\approx 1.2$", "pushed 1.2 times harder"),
+    ("02_gradients_of_ntxent", "$e^2 \\approx 7.4$", "(e^2 = 7.39)"),
+    ("02_gradients_of_ntxent", "about 10%", "25/255 = 9.8%"),
+    ("03_dynamic_temperature", "67 % of the push", "67.3% of the push"),
+    ("03_dynamic_temperature", "77 % at $\\tau = 0.2$", "76.6% of the push"),
+    ("03_dynamic_temperature", "99 % at $\\tau = 0.1$", "98.8% of the push"),
+    ("03_dynamic_temperature", "$\\tau(0)$ is $0.139$", "'shifted': 0.1389"),
+    ("03_dynamic_temperature", "$1/\\tau_{\\min} = 10$", "slope 10.000"),
+    ("03_dynamic_temperature", "at most $1/2$", "0.49983"),
+    ("03_dynamic_temperature", "\\approx 4.504", "r* = 4.5038"),
+    ("05_data_and_views", "8103", "['8103', '6982']"),
+    ("05_data_and_views", "6982", "['8103', '6982']"),
+    ("05_data_and_views", "by $e^{4}$", "54.6 times the vote"),
+    ("05_data_and_views", "about six times faster", "all cores: 6.0x"),
+    ("05_data_and_views", "50 000 images, 5 000 per class", "[5000, 5000, 5000"),
+]
+
+
+def _texts(chapter: str) -> tuple[str, str]:
+    cells = json.loads((ROOT / f"{chapter}.ipynb").read_text())["cells"]
+    prose = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    backing = []
+    for cell in cells:
+        if cell["cell_type"] != "code":
+            continue
+        backing.append("".join(cell["source"]))  # the asserts
+        for output in cell.get("outputs", []):
+            backing.append("".join(output.get("text", "")))
+            backing.append("".join(output.get("data", {}).get("text/plain", "")))
+            backing.append("".join(output.get("data", {}).get("text/latex", "")))
+    return prose, "\n".join(backing)
+
+
+@pytest.mark.parametrize(("chapter", "quoted", "shown"), QUOTED)
+def test_a_quoted_number_is_computed(chapter: str, quoted: str, shown: str) -> None:
+    prose, backing = _texts(chapter)
+    assert quoted in prose, f"{chapter}: the prose no longer quotes {quoted!r}"
+    assert shown in backing, f"{chapter}: no output or assert shows {shown!r}"

@@ -1,0 +1,61 @@
+"""The study's scales and safety: one notion of a scale, nothing trains unless asked, plans
+say what training would take, and the untrained baseline is computed like every run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dyntemp import config as configs
+from dyntemp import experiments
+
+
+def test_every_scale_is_the_preset_of_its_name():
+    for scale in experiments.SCALES:
+        preset = configs.PRESETS[experiments.SCALE_PRESETS[scale]]
+        assert preset.items() <= experiments.SCALE_SETTINGS[scale].items(), scale
+        cfg = experiments.config("fixed-0.2", 0, scale)
+        for key, value in preset.items():
+            assert getattr(cfg, key) == value, (scale, key)
+
+
+def test_without_a_scale_the_chapters_show_the_stored_study(monkeypatch):
+    monkeypatch.delenv("DYNTEMP_SCALE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a Colab GPU runtime
+    assert experiments.default_scale() == experiments.STORED_SCALE == "cpu"
+    assert not experiments.may_train()
+    monkeypatch.setenv("DYNTEMP_SCALE", "gpu")
+    assert experiments.default_scale() == "gpu" and experiments.may_train()
+    monkeypatch.setenv("DYNTEMP_SCALE", "huge")
+    with pytest.raises(ValueError, match="unknown scale 'huge'"):
+        experiments.default_scale()
+
+
+def test_a_plan_counts_the_missing_runs_and_their_time(monkeypatch, tmp_path):
+    monkeypatch.setattr(experiments, "results_root", lambda: tmp_path)
+    monkeypatch.setattr(experiments, "step_seconds", lambda scale: 0.05)
+    text = experiments.plan(["fixed-0.2", "fixed-0.5"], "gpu")
+    steps = 2 * 3 * (50_000 // 128) * 200  # 2 configs x 3 seeds x steps of 200 epochs
+    assert text.startswith(f"6 runs to train at gpu scale ({steps:,} steps)")
+    assert f"about {steps * 0.05 / 60:.0f} minutes" in text
+
+
+def test_a_measured_step_is_a_positive_time():
+    seconds = experiments.step_seconds("smoke", steps=2)
+    assert 0 < seconds < 60
+
+
+@pytest.mark.data
+def test_the_untrained_baseline_is_stored_and_reused(cifar10_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("DYNTEMP_SMOKE_DIR", str(tmp_path))
+    first = experiments.untrained(0, "smoke")
+    assert 0 < first["knn_top1"] < 100
+    path = tmp_path / "untrained" / "seed0" / experiments.UNTRAINED_FILE
+    stored = json.loads(path.read_text())
+    assert stored["knn_top1"] == first["knn_top1"]
+    assert stored["provenance"]["dataset"]["test_images"] == 100
+    assert experiments.untrained(0, "smoke", compute=False) == stored
+    other = experiments.untrained(1, "smoke")  # another initialisation
+    assert other["config"]["seed"] == 1
