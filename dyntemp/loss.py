@@ -110,7 +110,7 @@ class _PairwiseNTXent(torch.autograd.Function):
         if detach_temperature or not rule.per_pair:
             scale = tau.reciprocal_()  # dL/ds = dL/dx / tau
         else:  # dL/ds = dL/dx * (tau - s tau') / tau^2
-            scale = rule.logit_slope(logits, tau)
+            scale = rule.logit_slope(logits, tau, progress=progress, positive_mean=positive_mean)
             tau.reciprocal_()
             logits.mul_(tau)
             tau = None
