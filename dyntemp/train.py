@@ -402,6 +402,7 @@ def train(config: TrainConfig, *, command: str | None = None) -> dict[str, Any]:
     """
     config.check()
     provenance.code_commit()  # the code as it is now, not when the run ends
+    provenance.code_version()
     context = distributed.setup(config.device)
     try:
         train_set, test_set = load_data(config)
@@ -560,6 +561,7 @@ def _results(
             "command": command,
             "config": config.as_dict(),
             "git_commit": provenance.code_commit(),
+            "package_commit": provenance.code_version(),
             "torch": torch.__version__,
             "python": platform.python_version(),
             "device": str(context.device),
