@@ -471,7 +471,8 @@ class Learned(TemperatureRule):
                 f"tau_floor={self.tau_floor} > tau={self.tau_init}"
             )
         self.log_floor = math.log(self.tau_floor)
-        self.log_tau = nn.Parameter(torch.tensor(math.log(self.tau_init)))
+        # float64: exp(log tau) gives back the starting value to the last digit
+        self.log_tau = nn.Parameter(torch.tensor(math.log(self.tau_init), dtype=torch.float64))
 
     def params(self) -> dict[str, float]:
         return {"tau": self.tau_init, "tau_floor": self.tau_floor}
