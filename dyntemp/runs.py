@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,12 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} is missing") from None
-    except Exception as error:  # truncated, corrupt, or a pickle that wants to run code
+    except pickle.UnpicklingError:  # objects beyond tensors and plain values: could run code
+        raise RunFolderError(
+            f"cannot load {path}: not a checkpoint that loads safely (it holds objects other "
+            f"than tensors and plain values, and such objects can run code)"
+        ) from None
+    except Exception as error:  # truncated or corrupt
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RunFolderError(
             f"cannot load {path}: not a checkpoint that loads safely ({reason[:160]})"

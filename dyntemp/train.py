@@ -405,6 +405,7 @@ def train(config: TrainConfig, *, command: str | None = None) -> dict[str, Any]:
     provenance.code_version()
     context = distributed.setup(config.device)
     try:
+        amp_dtype(config.amp, context.device)  # refused here, before the folder is touched
         train_set, test_set = load_data(config)
         _check_sizes(config, context.world_size, len(train_set))
         out = Path(config.out)

@@ -116,6 +116,7 @@ def exit_code(arguments: list[str]) -> int:
         (["--weight-decay", "nan"], "--weight-decay must be a finite number"),
         (["--knn-temperature", "inf"], "--knn-temperature must be a finite number"),
         (["--knn-k", "500"], "--knn-k 500 exceeds the 200 training images"),
+        (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs a CUDA device"),
         (["--epochs", "x"], "invalid int value"),
         (["--epochs", "2.5"], "invalid int value"),
     ],

@@ -144,7 +144,9 @@ def test_a_crafted_checkpoint_runs_no_code_on_resume(trained, fake_root, tmp_pat
     marker = tmp_path / "pwned"
     plant_payload(folder, marker)
     assert main(["train", *command(fake_root, folder)]) == 2
-    one_error_line(capsys, "not a checkpoint that loads safely", str(folder / "checkpoint.pt"))
+    one_error_line(
+        capsys, "not a checkpoint that loads safely", "can run code", str(folder / "checkpoint.pt")
+    )
     assert not marker.exists()
 
 
