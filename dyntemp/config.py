@@ -17,6 +17,7 @@ from dyntemp import data, models, optim, temperature
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
+METHODS = ("simclr", "moco")
 # torch.manual_seed takes integers below 2**64; seeds are kept to what every platform's
 # 64-bit signed integers hold.
 MAX_SEED = 2**63 - 1
@@ -33,6 +34,8 @@ TEMPERATURE_OPTIONS = (
     "period",
     "alpha",
     "a0",
+    "reweight",
+    "tau_floor",
     "formula",
 )
 
@@ -74,7 +77,21 @@ class TrainConfig:
     projector_hidden_dim: int = _doc("hidden width of the projector", default=512)
     projector_dim: int = _doc("output width of the projector", default=128)
     temperature: str = _doc(f"temperature rule: {', '.join(temperature.NAMES)}", default="dystress")
-    tau: float | None = _doc("fixed: the temperature; macl: its tau0", default=None)
+    method: str = _doc(
+        "simclr (both views of every image against each other) or moco (queries against a "
+        "momentum encoder's keys and a queue of past keys)",
+        default="simclr",
+    )
+    moco_momentum: float = _doc(
+        "moco: momentum m of the key encoder's moving average (CIFAR scale: 0.99)", default=0.99
+    )
+    queue_size: int = _doc(
+        "moco: keys in the queue of negatives (CIFAR scale: 4096; at least two global batches)",
+        default=4096,
+    )
+    tau: float | None = _doc(
+        "fixed: the temperature; macl: its tau0; learned: its initial value", default=None
+    )
     tau_min: float | None = _doc(
         "dystress, shifted, linear, exponential, schedule: the lowest temperature", default=None
     )
@@ -88,6 +105,14 @@ class TrainConfig:
     period: float | None = _doc("schedule: the period in epochs (paper: 400)", default=None)
     alpha: float | None = _doc("macl: the sensitivity alpha (paper: 0.5)", default=None)
     a0: float | None = _doc("macl: the reference positive similarity A0 (paper: 0)", default=None)
+    reweight: bool | None = _doc(
+        "macl: weight each anchor's loss by the detached 1 / (1 - P_ip), as the authors train "
+        "(default: on)",
+        default=None,
+    )
+    tau_floor: float | None = _doc(
+        "learned, macl: the lowest temperature (default: 0.01, CLIP's)", default=None
+    )
     formula: str | None = _doc(
         "formula: tau as a formula of s and progress (epochs), e.g. '0.1 + 0.05*(1 - cos(pi*s))'",
         default=None,
@@ -143,6 +168,7 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, optim.OPTIMIZERS)
         _choice("amp", self.amp, AMP_MODES)
         _choice("channels_last", self.channels_last, CHANNELS_LAST_MODES)
+        _choice("method", self.method, METHODS)
         for name in ("epochs", "batch_size", "projector_hidden_dim", "projector_dim", "knn_k"):
             _integer(name, getattr(self, name), low=1)
         _integer("epochs", self.epochs, high=MAX_EPOCHS)
@@ -172,9 +198,23 @@ class TrainConfig:
             raise ValueError(f"--blur is a probability, got {self.blur}")
         if self.imbalance is not None:
             _number("imbalance", self.imbalance, positive=True)
+        _number("moco_momentum", self.moco_momentum)
+        if not 0 <= self.moco_momentum < 1:
+            raise ValueError(f"--moco-momentum must be in [0, 1), got {self.moco_momentum}")
+        _integer("queue_size", self.queue_size, low=1)
+        if self.method == "moco" and self.queue_size < 2 * self.batch_size:
+            raise ValueError(
+                f"--queue-size {self.queue_size} must hold at least the two views' keys of a "
+                f"batch ({2 * self.batch_size})"
+            )
         if self.image_size is not None:
             _integer("image_size", self.image_size, low=8, high=4096)
-        self.temperature_rule()
+        rule = self.temperature_rule()
+        if rule.reweight and self.decoupled:
+            raise ValueError(
+                "MACL's reweighting 1 / (1 - P_ip) needs the positive in the denominator: "
+                "use --no-reweight with --decoupled"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

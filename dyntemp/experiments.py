@@ -105,7 +105,15 @@ SCHEDULE: dict[str, Any] = {"temperature": "schedule", "tau_min": 0.1, "tau_max"
 ABLATIONS: dict[str, dict[str, Any]] = {
     "lt-dystress-0.1-0.2": {**LONG_TAILED, **MAIN["dystress-0.1-0.2"]},
     "lt-schedule": {**LONG_TAILED, **SCHEDULE},
-    "macl": {"temperature": "macl", "tau": 0.1, "alpha": 0.5},
+    # MACL as its authors run it (the temperature and the reweighting 1 / (1 - P_ip)), and
+    # its temperature alone.
+    "macl": {"temperature": "macl", "tau": 0.1, "alpha": 0.5, "reweight": True},
+    "macl-no-reweight": {"temperature": "macl", "tau": 0.1, "alpha": 0.5, "reweight": False},
+    # A temperature learned with the network, as CLIP does, from 0.2.
+    "learned-0.2": {"temperature": "learned", "tau": 0.2},
+    # MoCo v2's momentum encoder and queue, with a fixed temperature and with DySTreSS.
+    "moco-fixed-0.2": {"method": "moco", **MAIN["fixed-0.2"]},
+    "moco-dystress-0.1-0.2": {"method": "moco", **MAIN["dystress-0.1-0.2"]},
     "schedule": dict(SCHEDULE),
     "dystress-in-graph": {**MAIN["dystress-0.1-0.2"], "detach_temperature": False},
     "shifted": {
@@ -119,6 +127,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "exponential": {"temperature": "exponential", "tau_min": 0.1, "tau_max": 0.2, "rate": 3.5},
     "dystress-0.07-0.1": {"temperature": "dystress", "tau_min": 0.07, "tau_max": 0.1},
     "lt-fixed-0.2": {**LONG_TAILED, **MAIN["fixed-0.2"]},
+    # A reader's own rule, written as one formula: DySTreSS's range with a parabola.
+    "formula-quadratic": {"temperature": "formula", "formula": "0.1 + 0.1*s**2"},
+    # The same run in float32: does the bf16 arithmetic of the CPU study change anything?
+    "fixed-0.2-fp32": {**MAIN["fixed-0.2"], "amp": "off", "channels_last": "off"},
 }
 
 CONFIGS: dict[str, dict[str, Any]] = {**MAIN, **ABLATIONS}
@@ -133,13 +145,19 @@ LABELS: dict[str, str] = {
     "lt-dystress-0.1-0.2": "CIFAR-10-LT, DySTreSS (0.1, 0.2)",
     "lt-schedule": "CIFAR-10-LT, Kukleva schedule",
     "lt-fixed-0.2": "CIFAR-10-LT, fixed τ = 0.2",
-    "macl": "MACL (τ0 = 0.1, α = 0.5)",
+    "macl": "MACL (τ0 = 0.1, α = 0.5, reweighted)",
+    "macl-no-reweight": "MACL's temperature alone (τ0 = 0.1, α = 0.5)",
+    "learned-0.2": "learned τ (from 0.2)",
+    "moco-fixed-0.2": "MoCo, fixed τ = 0.2",
+    "moco-dystress-0.1-0.2": "MoCo, DySTreSS (0.1, 0.2)",
     "schedule": "Kukleva schedule (0.1, 1.0)",
     "dystress-in-graph": "DySTreSS (0.1, 0.2), τ in the graph",
     "shifted": "shifted DySTreSS (Δs = -0.4, k = 0.7)",
     "linear": "linear (0.1, 0.2)",
     "exponential": "exponential (0.1, 0.2, c = 3.5)",
     "dystress-0.07-0.1": "DySTreSS (0.07, 0.1)",
+    "formula-quadratic": "formula τ = 0.1 + 0.1 s²",
+    "fixed-0.2-fp32": "fixed τ = 0.2, float32",
 }
 
 # Numbers reported by the paper (weighted 200-NN top-1 %, ResNet-18, 200 epochs), quoted

@@ -58,6 +58,19 @@ class _PairwiseNTXent(torch.autograd.Function):
 
     Takes the raw embeddings and L2-normalises them itself. ``keys=None`` means the
     anchors are the keys (one process): both gradient paths meet in one product (G + G^T) z.
+    ``self_index=None``: no self-pair to mask (MoCo's queries against keys).
+    ``private_keys``: the first this many key columns are each anchor's own: row i keeps
+    only its positive among them (MoCo: a query sees its own key and the queue, not the
+    other queries' keys).
+    ``positive_mean``: A for the rules that read it (None: the mean of k[:half] . k[half:],
+    the views' layout). ``parameters``: the rule's learned tensors, whose gradients the
+    backward returns (rules with one temperature per batch: dL/dtau = -sum_ik G_ik s_ik / tau,
+    G = dL/ds).
+
+    With ``rule.reweight`` (MACL) anchor i's loss is multiplied by the detached
+    w_i = 1 / (1 - P_ip): its row of dL/dx becomes w_i (P_ik - [k = p(i)]) / count, that is
+    P_ik / (1 - P_ip) on the negatives (the softmax over the negatives alone) and exactly -1
+    on the positive. Both paths stay exact: a row scaling keeps G = u_i W_ik v_k factored.
     """
 
     @staticmethod
@@ -65,19 +78,29 @@ class _PairwiseNTXent(torch.autograd.Function):
         ctx,
         anchors: Tensor,
         keys: Tensor | None,
-        self_index: Tensor,
+        self_index: Tensor | None,
         positive_index: Tensor,
         rule: TemperatureRule,
         progress: float | None,
         detach_temperature: bool,
         decoupled: bool,
+        positive_mean: Tensor | None,
+        private_keys: int,
+        *parameters: Tensor,
     ) -> Tensor:
+        reweight = rule.reweight
+        if reweight and decoupled:
+            raise ValueError(
+                f"{rule!r} weights each loss by 1 / (1 - P_ip), which the decoupled loss "
+                "does not have: turn the reweighting off (reweight=False) or decoupled off"
+            )
+        if parameters and rule.per_pair:
+            raise ValueError("a learned temperature must be one number per batch (per_pair False)")
         a, a_norm = _normalise(anchors)
         k, k_norm = (a, a_norm) if keys is None else _normalise(keys)
         count = a.shape[0]
         rows = torch.arange(count, device=a.device)
-        positive_mean = None
-        if rule.needs_positive_mean:  # the mean over every positive pair, detached
+        if rule.needs_positive_mean and positive_mean is None:  # the mean over every positive
             half = k.shape[0] // 2
             positive_mean = (k[:half] * k[half:]).sum(1).mean()
         rule.check_inputs(progress, positive_mean)
@@ -87,7 +110,7 @@ class _PairwiseNTXent(torch.autograd.Function):
         if detach_temperature or not rule.per_pair:
             scale = tau.reciprocal_()  # dL/ds = dL/dx / tau
         else:  # dL/ds = dL/dx * (tau - s tau') / tau^2
-            scale = rule.logit_slope(logits, tau)
+            scale = rule.logit_slope(logits, tau, progress=progress, positive_mean=positive_mean)
             tau.reciprocal_()
             logits.mul_(tau)
             tau = None
@@ -95,13 +118,20 @@ class _PairwiseNTXent(torch.autograd.Function):
             logits.mul_(scale)
         del tau
         positive = logits[rows, positive_index]
-        logits[rows, self_index] = float("-inf")
+        if self_index is not None:
+            logits[rows, self_index] = float("-inf")
+        if private_keys:  # a fill through a mask of known shape: nothing read on the host
+            columns = torch.arange(private_keys, device=a.device)
+            others = positive_index[:, None] != columns[None, :]
+            logits[:, :private_keys].masked_fill_(others, float("-inf"))
         if decoupled:
             logits[rows, positive_index] = float("-inf")
         top = logits.amax(dim=1)
         positive_scale = scale[rows, positive_index] if scale.dim() else scale.expand(count)
         ctx.symmetric = keys is None
         ctx.factored = ctx.symmetric and _may_read_values(a.device)
+        ctx.learned = len(parameters) > 0
+        ctx.rule = rule
         if ctx.factored:
             # One process: x = s / tau is symmetric, and a symmetric shift keeps it so. Row
             # maxima far apart (tau below ~0.02) would underflow it: then shift row by row.
@@ -110,35 +140,54 @@ class _PairwiseNTXent(torch.autograd.Function):
                 spread = torch.maximum(spread, 2.0 * (top.max() - positive.min()))
             ctx.factored = bool(spread < 160.0)  # a CPU tensor: nothing to wait for
         if ctx.factored:
-            loss, weights, u, v, miss = _factored(logits, top, positive, positive_index, decoupled)
-            # the positives' entries of G + G^T: -scale_ip (miss_i + miss_p(i)) / count
-            positive_grad = -positive_scale * (miss + miss[positive_index]) / count
+            loss, weights, u, v, miss = _factored(
+                logits, top, positive, positive_index, decoupled, reweight
+            )
+            # the positives' entries of G + G^T: -scale_ip (m_i + m_p(i)) / count, with
+            # m = 1 - P_ip, or 1 when reweighted
+            if reweight:
+                positive_grad = positive_scale * (-2.0 / count)
+            else:
+                positive_grad = -positive_scale * (miss + miss[positive_index]) / count
             weights.mul_(scale)
-            ctx.save_for_backward(a, a_norm, weights, u, v, positive_grad, positive_index)
+            ctx.save_for_backward(a, a_norm, weights, u, v, positive_grad, positive_index, scale)
         else:
-            loss, grad, miss = _dense(logits, top, positive, positive_index, scale)
-            grad[rows, positive_index] = -positive_scale * miss / count
-            ctx.save_for_backward(a, a_norm, k, k_norm, grad)
+            loss, grad, miss = _dense(logits, top, positive, positive_index, scale, reweight)
+            if reweight:
+                grad[rows, positive_index] = positive_scale * (-1.0 / count)
+            else:
+                grad[rows, positive_index] = -positive_scale * miss / count
+            ctx.save_for_backward(a, a_norm, k, k_norm, grad, scale)
         return loss.sum() / count
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
         grad_keys = None
         if ctx.factored:
-            a, a_norm, weights, u, v, positive_grad, positive_index = ctx.saved_tensors
+            a, a_norm, weights, u, v, positive_grad, positive_index, scale = ctx.saved_tensors
             # G + G^T = W * (u v^T + v u^T) off the positives: rank-one scalings, no transpose
             full = torch.outer(u, v).addcmul_(v[:, None], u[None, :]).mul_(weights)
             grad = torch.addcmul(full @ a, positive_grad[:, None], a[positive_index])
+            weighted = 0.5 * (grad * a).sum() if ctx.learned else None  # sum_ik G_ik s_ik
             grad_anchors = _normalise_backward(grad, a, a_norm)
         else:
-            a, a_norm, k, k_norm, grad = ctx.saved_tensors
+            a, a_norm, k, k_norm, grad, scale = ctx.saved_tensors
             if ctx.symmetric:  # (G + G^T) z as two products: no transposed copy of G
-                grad_anchors = _normalise_backward(torch.addmm(grad @ a, grad.T, a), a, a_norm)
+                both = torch.addmm(grad @ a, grad.T, a)
+                weighted = 0.5 * (both * a).sum() if ctx.learned else None
+                grad_anchors = _normalise_backward(both, a, a_norm)
             else:
-                grad_anchors = _normalise_backward(grad @ k, a, a_norm)
-                grad_keys = _normalise_backward(grad.T @ a, k, k_norm).mul_(grad_loss)
+                towards_keys = grad @ k
+                weighted = (towards_keys * a).sum() if ctx.learned else None
+                grad_anchors = _normalise_backward(towards_keys, a, a_norm)
+                if ctx.needs_input_grad[1]:
+                    grad_keys = _normalise_backward(grad.T @ a, k, k_norm).mul_(grad_loss)
         grad_anchors.mul_(grad_loss)
-        return grad_anchors, grad_keys, None, None, None, None, None, None
+        parameter_grads: tuple[Tensor, ...] = ()
+        if ctx.learned:  # dL/dtau = -sum_ik G_ik s_ik / tau, and scale = 1 / tau
+            parameter_grads = ctx.rule.parameter_gradients(-weighted * scale * grad_loss)
+        unused = (None,) * 8
+        return (grad_anchors, grad_keys, *unused, *parameter_grads)
 
 
 def _may_read_values(device: torch.device) -> bool:
@@ -153,10 +202,15 @@ def _may_read_values(device: torch.device) -> bool:
 
 
 def _dense(
-    logits: Tensor, top: Tensor, positive: Tensor, positive_index: Tensor, scale: Tensor
+    logits: Tensor,
+    top: Tensor,
+    positive: Tensor,
+    positive_index: Tensor,
+    scale: Tensor,
+    reweight: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Row by row: the anchors' losses, G = scale * P / count with the positives zeroed,
-    and 1 - P_ip.
+    and 1 - P_ip. Reweighted (MACL): losses times 1 / (1 - P_ip), P over the negatives.
 
     Each row is shifted by its own maximum, so whatever the spread of the rows' maxima
     (tau near 0.001) the largest entry is 1 and nothing overflows; a positive far below its
@@ -171,7 +225,12 @@ def _dense(
     negatives = exp.sum(dim=1)
     total = negatives + pos
     loss = torch.log1p(negatives + (pos - 1.0)) + (top - positive)
-    row = total.mul(count).reciprocal_()
+    if reweight:  # w = total / negatives; negatives 0 (P_ip = 1): loss 0, no division by 0
+        negatives_safe = negatives.clamp_min(torch.finfo(negatives.dtype).tiny)
+        loss = loss.mul_(total).div_(negatives_safe)
+        row = negatives_safe.mul(count).reciprocal_()
+    else:
+        row = total.mul(count).reciprocal_()
     if scale.dim():  # a scale per pair
         grad = exp.mul_(row[:, None]).mul_(scale)
     else:  # one scale: one pass over the matrix
@@ -180,14 +239,20 @@ def _dense(
 
 
 def _factored(
-    logits: Tensor, top: Tensor, positive: Tensor, positive_index: Tensor, decoupled: bool
+    logits: Tensor,
+    top: Tensor,
+    positive: Tensor,
+    positive_index: Tensor,
+    decoupled: bool,
+    reweight: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A symmetric factorisation of the gradient: P_ik / count = u_i q_ik v_k.
 
     With h = top / 2, q_ik = exp(x_ik - h_i - h_k) <= 1 is symmetric, and so is
     W = q * scale (positives zeroed, they are handled apart); then off the positives
     G + G^T = W * (u v^T + v u^T), built from rank-one scalings without a transposed pass
-    over the matrix. Returns the anchors' losses, q, u, v and 1 - P_ip.
+    over the matrix. Returns the anchors' losses, q, u, v and 1 - P_ip. Reweighted (MACL)
+    the losses are multiplied by 1 / (1 - P_ip) and u_i = 1 / (count * negatives_i).
     """
     count, rows = logits.shape[0], torch.arange(logits.shape[0], device=logits.device)
     half = top * 0.5
@@ -202,7 +267,12 @@ def _factored(
         loss = negatives.log() + half + shift - positive
     else:
         loss = torch.log1p(negatives / pos)  # -log P_ip, exact also when P_ip is near 1
-    u = total.mul(count).reciprocal_()
+    if reweight:
+        negatives_safe = negatives.clamp_min(torch.finfo(negatives.dtype).tiny)
+        loss = loss.mul_(total).div_(negatives_safe)
+        u = negatives_safe.mul(count).reciprocal_()
+    else:
+        u = total.mul(count).reciprocal_()
     return loss, q, u, v, negatives / total
 
 
@@ -298,11 +368,17 @@ def ntxent(
             progress,
             detach_temperature,
             decoupled,
+            None,
+            0,
+            *rule.parameters(),
         )
 
 
 class NTXent(nn.Module):
-    """``ntxent`` as a module: ``NTXent(DySTreSS(0.1, 0.2))(z1, z2, progress=epoch)``."""
+    """``ntxent`` as a module: ``NTXent(DySTreSS(0.1, 0.2))(z1, z2, progress=epoch)``.
+
+    A rule's learned parameters (``Learned``'s log tau) are the module's parameters.
+    """
 
     def __init__(
         self,
@@ -314,6 +390,8 @@ class NTXent(nn.Module):
     ) -> None:
         super().__init__()
         self.temperature = _as_rule(temperature)
+        for name, parameter in self.temperature.named_parameters().items():
+            self.register_parameter(name, parameter)
         self.detach_temperature = detach_temperature
         self.decoupled = decoupled
         self.gather = gather
@@ -349,7 +427,9 @@ def reference_ntxent(
     checked against, and the baseline of the benchmarks.
 
     The temperature of each pair is the rule on the true similarities; the self-pair is
-    masked; with ``decoupled`` the positive leaves the denominator.
+    masked; with ``decoupled`` the positive leaves the denominator; a learned temperature
+    stays in the graph of its parameter; a reweighting rule (MACL) multiplies each anchor's
+    loss by the detached 1 / (1 - P_ip).
     """
     _check_inputs(z1, z2)
     rule = _as_rule(temperature)
@@ -358,7 +438,8 @@ def reference_ntxent(
     sims = z @ z.T
     positive_mean = (z[:n] * z[n:]).sum(1).mean().detach() if rule.needs_positive_mean else None
     tau = rule(sims, progress, positive_mean)
-    logits = sims / (tau.detach() if detach_temperature or not rule.per_pair else tau)
+    in_graph = (rule.per_pair and not detach_temperature) or bool(rule.parameters())
+    logits = sims / (tau if in_graph else tau.detach())
     rows = torch.arange(2 * n, device=z.device)
     positive_index = torch.cat([rows[n:], rows[:n]])
     positive = logits[rows, positive_index]
@@ -366,4 +447,7 @@ def reference_ntxent(
     if decoupled:
         masked[rows, positive_index] = True
     denominator = logits.masked_fill(masked, float("-inf")).logsumexp(dim=1)
-    return (denominator - positive).mean()
+    losses = denominator - positive
+    if rule.reweight:
+        losses = losses / -torch.expm1(-losses.detach())  # 1 - P_ip = 1 - exp(-L_i)
+    return losses.mean()

@@ -54,6 +54,33 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def package_commit(path: str | os.PathLike | None = None) -> str | None:
+    """The last commit that changed this package's own files (``+dirty`` if they have
+    uncommitted changes): the same for every run of one version of the code, even while
+    results are committed between the runs."""
+    folder = Path(path) if path is not None else Path(__file__).resolve().parent
+    current = git_commit(folder)
+    if current is None:
+        return None
+    try:
+        commit = subprocess.run(
+            ["git", "log", "-1", "--format=%H", "--", "."],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if current.endswith("+dirty") else "")
+
+
+@functools.cache
+def code_version() -> str | None:
+    """``package_commit()`` as first asked for in this process (the code that ran)."""
+    return package_commit()
+
+
 @functools.cache
 def code_commit() -> str | None:
     """The commit of this package's code as first asked for in this process.
@@ -189,6 +216,7 @@ def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
     return {
         "command": command(),
         "git_commit": code_commit(),
+        "package_commit": code_version(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "machine": machine(device),

@@ -20,6 +20,12 @@ Some rules need more than the similarity: ``CosineSchedule`` reads the training
 Every rule is built by name with the options of the command line:
 ``from_name("exponential", tau_min=0.1, tau_max=0.2, rate=3.5)``; ``rule.params()`` gives
 them back.
+
+Two rules go beyond a temperature. ``MACL`` (with ``reweight``) also weights each anchor's loss
+by the detached 1 / (1 - P_ip), and says so by its attribute ``reweight``, which the loss
+reads. ``Learned`` holds a parameter, log tau, trained with the network: ``rule.parameters()``
+lists it, the loss returns its gradient through ``rule.parameter_gradients``, and
+``rule.state_dict()`` / ``load_state_dict`` carry it through checkpoints.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 
 import sympy as sp
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "NAMES",
@@ -39,6 +45,7 @@ __all__ = [
     "Exponential",
     "Fixed",
     "Formula",
+    "Learned",
     "Linear",
     "MACL",
     "ShiftedDySTreSS",
@@ -84,6 +91,42 @@ class TemperatureRule:
     needs_progress: bool = False
     #: True when the rule reads the batch's mean positive similarity.
     needs_positive_mean: bool = False
+    #: True when each anchor's loss is weighted by the detached 1 / (1 - P_ip) (MACL).
+    reweight: bool = False
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The tensors the rule learns with the network (none for a fixed rule)."""
+        return list(self.named_parameters().values())
+
+    def named_parameters(self) -> dict[str, nn.Parameter]:
+        return {}
+
+    def parameter_gradients(self, grad_tau: Tensor) -> tuple[Tensor, ...]:
+        """The gradients of ``parameters()`` given dL/dtau (rules with one tau per batch)."""
+        return ()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The learned state, plain tensors (empty for a rule that learns nothing)."""
+        return {name: p.detach().clone() for name, p in self.named_parameters().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        params = self.named_parameters()
+        if set(state) != set(params):
+            raise ValueError(
+                f"the temperature state has {sorted(state)}, {self!r} needs {sorted(params)}"
+            )
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)
+
+    def clamp_(self) -> None:
+        """Hold the learned parameters in their range, after each optimiser step (no-op)."""
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """Move the learned parameters (in place, the same Parameter objects); returns self."""
+        for p in self.parameters():
+            p.data = p.data.to(device=device, dtype=dtype)
+        return self
 
     def tau(
         self, s: Tensor, progress: float | None = None, positive_mean: Tensor | None = None
@@ -327,32 +370,72 @@ class CosineSchedule(TemperatureRule):
 
 
 class MACL(TemperatureRule):
-    """MACL's model-aware temperature: tau = tau (1 + alpha (A - a0)).
+    """MACL (Huang et al., ICML 2023): the model-aware temperature and the reweighting.
 
-    A is the batch's mean positive similarity, detached, so the temperature is one number
-    for the whole batch. ``sympy`` reads A as ``positive_mean`` (a symbol ``A`` if not given).
+    tau = max(tau0 (1 + alpha (A - a0)), tau_floor), with A the batch's mean positive
+    similarity, detached, so the temperature is one number for the whole batch; with
+    ``reweight`` (the default, as the authors train) each anchor's loss -log P_ip is
+    multiplied by the detached, unnormalised w_i = 1 / (1 - P_ip), and the loss is the mean
+    of w_i L_i.
+
+    As the authors' code: ``macl.py`` of github.com/chenhaoxing/MACL computes A as the mean
+    of the positives' similarities (``trace(fx @ gx.T) / N``, detached), tau as
+    ``tau_init * (1 + beta * A)`` (``MACLb``; here a0 = 0) and the loss as
+    ``-W.detach() * log(P).diag()`` with ``W = 1 / sum of P over the negatives`` =
+    1 / (1 - P_ip), averaged without normalising W; lightly's ``MACLLoss`` does the same with
+    A0. Neither clamps the temperature: a setting with 1 + alpha (A - a0) <= 0 for some A in
+    [-1, 1] (the SimCSE setting tau0 = 0.05, alpha = 2, a0 = 0.8 at A < 0.3) would there give a
+    negative temperature, which reverses the softmax. Every finite alpha and a0 is accepted
+    here; at that edge the temperature is held at ``tau_floor`` (default 0.01, the lowest
+    temperature CLIP allows), a choice of this library, not of the paper. ``sympy`` reads A
+    as ``positive_mean`` (a symbol ``A`` if not given) and gives the unclamped formula.
     """
 
     per_pair = False
     needs_positive_mean = True
 
-    def __init__(self, tau: float = 0.1, alpha: float = 0.5, a0: float = 0.0) -> None:
+    def __init__(
+        self,
+        tau: float = 0.1,
+        alpha: float = 0.5,
+        a0: float = 0.0,
+        reweight: bool = True,
+        tau_floor: float = 0.01,
+    ) -> None:
         self.tau0 = _check_positive("tau", tau)
         self.alpha = _check_finite("alpha", alpha)
         self.a0 = _check_finite("a0", a0)
-        lowest = min(1 + self.alpha * (a - self.a0) for a in (-1.0, 1.0))
-        if lowest <= 0:
+        if not isinstance(reweight, bool):
+            raise ValueError(f"reweight must be True or False, got {reweight!r}")
+        self.reweight = reweight
+        self.tau_floor = _check_positive("tau_floor", tau_floor)
+        if self.tau_floor > self.tau0:
             raise ValueError(
-                f"alpha and a0 must keep 1 + alpha (A - a0) > 0 for every A in [-1, 1], "
-                f"got alpha={self.alpha}, a0={self.a0}"
+                f"tau_floor must be <= tau (the temperature at A = a0), got "
+                f"tau_floor={self.tau_floor} > tau={self.tau0}"
             )
 
-    def params(self) -> dict[str, float]:
-        return {"tau": self.tau0, "alpha": self.alpha, "a0": self.a0}
+    def params(self) -> dict[str, Any]:
+        return {
+            "tau": self.tau0,
+            "alpha": self.alpha,
+            "a0": self.a0,
+            "reweight": self.reweight,
+            "tau_floor": self.tau_floor,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"MACL(tau={self.tau0:g}, alpha={self.alpha:g}, a0={self.a0:g}, "
+            f"reweight={self.reweight}, tau_floor={self.tau_floor:g})"
+        )
 
     def tau(self, s, progress=None, positive_mean=None):
-        a = torch.as_tensor(0.0 if positive_mean is None else positive_mean).detach()
-        return (self.tau0 * (1.0 + self.alpha * (a - self.a0))).to(s)
+        if positive_mean is None:
+            a = s.new_zeros(())
+        else:
+            a = torch.as_tensor(positive_mean).detach().to(s)
+        return a.sub(self.a0).mul_(self.alpha).add_(1.0).mul_(self.tau0).clamp_min_(self.tau_floor)
 
     def derivative(self, s):
         return s.new_zeros(())
@@ -365,6 +448,66 @@ class MACL(TemperatureRule):
         return tau0 * (1 + alpha * (a - a0))
 
 
+class Learned(TemperatureRule):
+    """A temperature learned with the network, as CLIP does: tau = exp(theta), tau >= tau_floor.
+
+    The parameter theta = log tau starts at log ``tau`` and is trained by the optimiser (no
+    weight decay); one temperature for every pair. As in CLIP (Radford et al. 2021: initial
+    0.07, the logit scale 1 / tau clipped at 100, so tau >= 0.01) the floor is 0.01 by
+    default; the trainer clamps theta to log tau_floor after every step (``clamp_``), as
+    OpenAI's and OpenCLIP's training code clamp the logit scale, and the forward clamps it
+    too, with a zero gradient strictly below the floor. ``params()`` are the constructor's
+    settings (the initial tau), ``state_dict()`` the learned value.
+    """
+
+    per_pair = False
+
+    def __init__(self, tau: float = 0.2, tau_floor: float = 0.01) -> None:
+        self.tau_init = _check_positive("tau", tau)
+        self.tau_floor = _check_positive("tau_floor", tau_floor)
+        if self.tau_floor > self.tau_init:
+            raise ValueError(
+                f"tau_floor must be <= tau (the initial temperature), got "
+                f"tau_floor={self.tau_floor} > tau={self.tau_init}"
+            )
+        self.log_floor = math.log(self.tau_floor)
+        # float64: exp(log tau) gives back the starting value to the last digit
+        self.log_tau = nn.Parameter(torch.tensor(math.log(self.tau_init), dtype=torch.float64))
+
+    def params(self) -> dict[str, float]:
+        return {"tau": self.tau_init, "tau_floor": self.tau_floor}
+
+    def named_parameters(self) -> dict[str, nn.Parameter]:
+        return {"log_tau": self.log_tau}
+
+    def value(self) -> Tensor:
+        """The current temperature (detached, 0-d, on the parameter's device)."""
+        return self.log_tau.detach().clamp_min(self.log_floor).exp()
+
+    def tau(self, s, progress=None, positive_mean=None):
+        # in the graph of log tau (the reference in plain autograd uses it); the loss's
+        # backward returns the gradient itself through parameter_gradients
+        return self.log_tau.clamp_min(self.log_floor).exp().to(s)
+
+    def parameter_gradients(self, grad_tau: Tensor) -> tuple[Tensor, ...]:
+        theta = self.log_tau.detach()
+        inside = theta >= self.log_floor  # no gradient strictly below the floor
+        tau = theta.clamp_min(self.log_floor).exp()
+        grad = grad_tau.to(theta.dtype) * tau * inside
+        return (grad.reshape(theta.shape),)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Hold log tau at or above log tau_floor (after each optimiser step)."""
+        self.log_tau.clamp_min_(self.log_floor)
+
+    def derivative(self, s):
+        return s.new_zeros(())
+
+    def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
+        return sp.Symbol("tau", positive=True) if symbolic else sp.Rational(repr(self.tau_init))
+
+
 _RULES: dict[str, type[TemperatureRule]] = {
     "fixed": Fixed,
     "dystress": DySTreSS,
@@ -373,6 +516,7 @@ _RULES: dict[str, type[TemperatureRule]] = {
     "exponential": Exponential,
     "schedule": CosineSchedule,
     "macl": MACL,
+    "learned": Learned,
 }
 
 #: The names ``from_name`` knows.

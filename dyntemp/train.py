@@ -30,6 +30,7 @@ from dyntemp import data, distributed, evaluate, models, optim, provenance, runs
 from dyntemp.augment import SimCLRAugment, ViewBatches
 from dyntemp.config import PRESETS, TrainConfig, preset
 from dyntemp.loss import ntxent
+from dyntemp.moco import MoCo, symmetric_moco_loss
 
 __all__ = ["PRESETS", "NonFiniteLossError", "Run", "TrainConfig", "preset", "train"]
 
@@ -167,6 +168,7 @@ class Run:
     epoch: int = 0  # epochs finished
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed: float = 0.0  # seconds of training, over every resumption
+    moco: MoCo | None = None  # method moco: the key encoder and the queue
 
     @property
     def total_steps(self) -> int:
@@ -182,6 +184,8 @@ class Run:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "temperature": self.rule.state_dict(),
+            "moco": self.moco.state_dict() if self.moco is not None else {},
             "epoch": self.epoch,
             "history": self.history,
             "elapsed": self.elapsed,
@@ -199,7 +203,11 @@ class Run:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as error:
+            if self.rule.parameters():
+                self.rule.load_state_dict(state["temperature"])
+            if self.moco is not None:
+                self.moco.load_state_dict(state["moco"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise runs.RunFolderError(
                 f"{folder / runs.CHECKPOINT_FILE} does not fit this run: {error}"
             ) from None
@@ -226,9 +234,22 @@ def start_run(config: TrainConfig, context: distributed.Context, images: torch.T
         model = model.to(memory_format=torch.channels_last)
     if context.distributed:  # before the optimizer: the conversion makes new parameters
         model = distributed.sync_batchnorm(model, device)
+    rule = config.temperature_rule().to(device)
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    if rule.parameters():  # a learned temperature: trained, never decayed
+        groups.append({"params": rule.parameters(), "weight_decay": 0.0})
+    moco = None
+    if config.method == "moco":  # the key encoder starts as a copy of the model
+        moco = MoCo(
+            model,
+            queue_size=config.queue_size,
+            dim=config.projector_dim,
+            momentum=config.moco_momentum,
+            seed=config.seed,
+        )
     optimizer = optim.build_optimizer(
         config.optimizer,
-        model.parameters(),
+        groups,  # type: ignore[arg-type]
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
@@ -244,7 +265,7 @@ def start_run(config: TrainConfig, context: distributed.Context, images: torch.T
     return Run(
         config=config,
         context=context,
-        rule=config.temperature_rule(),
+        rule=rule,
         dtype=dtype,
         channels_last=channels_last,
         images=images,
@@ -255,6 +276,7 @@ def start_run(config: TrainConfig, context: distributed.Context, images: torch.T
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         global_batch=global_batch,
         steps_per_epoch=len(images) // global_batch,
+        moco=moco,
     )
 
 
@@ -269,21 +291,43 @@ def train_step(run: Run, view1: torch.Tensor, view2: torch.Tensor, step: int) ->
     device_type = run.context.device.type
     with torch.autocast(device_type, dtype=run.dtype, enabled=run.dtype is not None):
         projections = run.step_model(views)
-    z1, z2 = projections.float().chunk(2)  # the loss runs in float32
-    loss = ntxent(
-        z1,
-        z2,
-        run.rule,
-        detach_temperature=run.config.detach_temperature,
-        decoupled=run.config.decoupled,
-        gather=run.context.distributed,
-        progress=step / run.steps_per_epoch,
-    )
+    options = {
+        "detach_temperature": run.config.detach_temperature,
+        "decoupled": run.config.decoupled,
+        "progress": step / run.steps_per_epoch,
+    }
+    if run.moco is None:
+        z1, z2 = projections.float().chunk(2)  # the loss runs in float32
+        loss = ntxent(z1, z2, run.rule, gather=run.context.distributed, **options)
+    else:  # MoCo: the keys of the momentum encoder, updated first (as MoCo's code)
+        with torch.no_grad():
+            run.moco.update(run.model)
+            with torch.autocast(device_type, dtype=run.dtype, enabled=run.dtype is not None):
+                keys = run.moco.encoder(views)
+        q1, q2 = projections.float().chunk(2)
+        k1, k2 = keys.float().chunk(2)
+        loss = symmetric_moco_loss(q1, q2, k1, k2, run.moco.queue, run.rule, **options)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
+    _average_temperature_gradients(run)
     run.scaler.step(run.optimizer)
     run.scaler.update()
+    run.rule.clamp_()
+    if run.moco is not None:
+        run.moco.enqueue(k1, k2)
     return loss.detach()
+
+
+def _average_temperature_gradients(run: Run) -> None:
+    """A learned temperature is no module parameter: DDP does not average its gradient."""
+    if not run.context.distributed:
+        return
+    import torch.distributed as dist
+
+    for parameter in run.rule.parameters():
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad)
+            parameter.grad.div_(run.context.world_size)
 
 
 def train_epoch(run: Run, bar: Any = None) -> dict[str, Any]:
@@ -291,6 +335,8 @@ def train_epoch(run: Run, bar: Any = None) -> dict[str, Any]:
     epoch, context, device = run.epoch, run.context, run.context.device
     started = time.perf_counter()
     run.step_model.train()
+    if run.moco is not None:
+        run.moco.encoder.train()  # batch statistics, as the query encoder
     loss_sum = torch.zeros((), device=device)
     first_bad = torch.full((), run.total_steps, dtype=torch.int64, device=device)
     batches = ViewBatches(
@@ -318,7 +364,7 @@ def train_epoch(run: Run, bar: Any = None) -> dict[str, Any]:
                                 img_s=f"{window * run.global_batch / seconds:.0f}")  # fmt: skip
             window_start, window = time.perf_counter(), 0
     seconds = time.perf_counter() - started
-    return {
+    metrics = {
         "epoch": epoch + 1,
         "step": (epoch + 1) * run.steps_per_epoch,
         "loss": distributed.mean_over_ranks(loss_sum / run.steps_per_epoch, context).item(),
@@ -327,6 +373,9 @@ def train_epoch(run: Run, bar: Any = None) -> dict[str, Any]:
         ),
         "images_per_s": run.steps_per_epoch * run.global_batch / seconds,
     }
+    if run.rule.parameters():  # a learned temperature: its value at the epoch's end
+        metrics["tau"] = run.rule.value().item()  # type: ignore[attr-defined]
+    return metrics
 
 
 def _stop_if_not_finite(run: Run, first_bad: torch.Tensor) -> None:
@@ -353,6 +402,7 @@ def train(config: TrainConfig, *, command: str | None = None) -> dict[str, Any]:
     """
     config.check()
     provenance.code_commit()  # the code as it is now, not when the run ends
+    provenance.code_version()
     context = distributed.setup(config.device)
     try:
         train_set, test_set = load_data(config)
@@ -375,6 +425,12 @@ def _check_sizes(config: TrainConfig, world_size: int, images: int) -> None:
         raise ValueError(f"{batch} exceeds the {images} training images")
     if config.knn_k > images:
         raise ValueError(f"--knn-k {config.knn_k} exceeds the {images} training images")
+    keys = 2 * config.batch_size * world_size
+    if config.method == "moco" and config.queue_size < keys:
+        raise ValueError(
+            f"--queue-size {config.queue_size} must hold at least one step's keys ({keys}: two "
+            f"views of {batch})"
+        )
 
 
 def _train_in_folder(
@@ -471,6 +527,8 @@ def _epoch_line(metrics: dict[str, Any], epochs: int) -> str:
         f"epoch {metrics['epoch']}/{epochs}  loss {metrics['loss']:.4f}  "
         f"lr {metrics['lr']:.4g}  {metrics['images_per_s']:.0f} images/s"
     )
+    if "tau" in metrics:
+        line += f"  tau {metrics['tau']:.4f}"
     if "knn_top1" in metrics:
         line += f"  kNN {metrics['knn_top1']:.2f} %"
     return line
@@ -490,6 +548,7 @@ def _results(
         "knn_top1": final.get("knn_top1"),
         "epochs": config.epochs,
         "steps": run.total_steps,
+        "method": config.method,
         "temperature": {
             "name": config.temperature,
             "rule": repr(run.rule),
@@ -502,6 +561,7 @@ def _results(
             "command": command,
             "config": config.as_dict(),
             "git_commit": provenance.code_commit(),
+            "package_commit": provenance.code_version(),
             "torch": torch.__version__,
             "python": platform.python_version(),
             "device": str(context.device),

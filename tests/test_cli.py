@@ -187,3 +187,13 @@ def test_bad_rule_options_are_one_line(arguments, message, fake_root, tmp_path, 
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("error: ") and message in error, error
     assert not out.exists()
+
+
+def test_help_says_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(required) (default" not in text
+    assert "imbalance ratio of cifar10-lt / cifar100-lt (default: 0.01)" in text
+    assert "(default: 0.01) (default" not in text
+    assert "--lr LR peak learning rate (default: 0.2)" in text

@@ -468,3 +468,21 @@ def test_no_value_leaves_the_device(text: str, monkeypatch: pytest.MonkeyPatch) 
         assert tau.shape == (s.shape if rule.per_pair else ())
         assert rule.derivative(s, 3.0).device.type == "meta"
         assert rule.logit_slope(s, progress=3.0).shape == s.shape
+
+
+def test_a_formula_of_s_and_progress_trains_with_tau_in_the_graph():
+    """The loss passes the progress on to the slope of the effective logit."""
+    from dyntemp import ntxent
+    from dyntemp.loss import reference_ntxent
+
+    rule = T.Formula("0.1 + 0.05*(1 - cos(pi*s)) + 0.001*progress")
+    g = torch.Generator().manual_seed(3)
+    z1 = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    z2 = (z1.detach() + 0.5 * torch.randn(6, 5, generator=g, dtype=torch.float64)).requires_grad_()
+    ours = ntxent(z1, z2, rule, detach_temperature=False, progress=7.0)
+    theirs = reference_ntxent(z1, z2, rule, detach_temperature=False, progress=7.0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    for a, b in zip(
+        torch.autograd.grad(ours, (z1, z2)), torch.autograd.grad(theirs, (z1, z2)), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

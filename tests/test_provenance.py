@@ -112,3 +112,27 @@ def test_this_machine_answers():
 def test_load_average_without_getloadavg(monkeypatch):
     monkeypatch.delattr(os, "getloadavg", raising=False)
     assert provenance.load_average() is None
+
+
+def test_the_package_commit_is_the_last_change_of_the_code(tmp_path):
+    import subprocess
+
+    def git(*arguments):
+        subprocess.run(["git", *arguments], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "a@b.c")
+    git("config", "user.name", "a")
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "code")
+    code = provenance.git_commit(package)
+    (tmp_path / "results.json").write_text("{}")
+    git("add", ".")
+    git("commit", "-qm", "results")
+    assert provenance.git_commit(package) != code  # HEAD moved on
+    assert provenance.package_commit(package) == code  # the code did not
+    (package / "code.py").write_text("x = 2\n")
+    assert provenance.package_commit(package) == code + "+dirty"

@@ -277,3 +277,19 @@ def test_load_run_refuses_a_checkpoint_of_another_model(trained, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(runs.RunFolderError, match="does not fit its config"):
         run_metrics.load_run(folder)
+
+
+# ----------------------------------------------------------------------------- same run
+
+
+def test_one_rule_for_the_same_run():
+    from dyntemp.config import TrainConfig
+
+    base = TrainConfig(out="a").as_dict()
+    assert runs.same_config(base, {**base, "out": "b", "progress": False, "compile": True})
+    assert runs.differences(base, {**base, "lr": 0.1}) == ["lr 0.2 -> 0.1"]
+    older = {k: v for k, v in base.items() if k != "channels_last"}  # saved by an older version
+    assert runs.same_config(older, base)
+    assert not runs.same_config(older, {**base, "channels_last": "on"})
+    newer = {**base, "a_future_setting": 1}
+    assert runs.differences(base, newer) == ["a_future_setting None -> 1"]

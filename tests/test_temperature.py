@@ -135,7 +135,13 @@ def test_symbolic_parameters() -> None:
         ("exponential", {"rate": -1.0}, "rate must be >= 0"),
         ("exponential", {"tau_min": 0.3, "tau_max": 0.2}, "tau_min must be <= tau_max"),
         ("schedule", {"period": 0}, "period must be > 0"),
-        ("macl", {"alpha": 2.0}, "alpha and a0"),
+        ("macl", {"tau_floor": 0.2}, "tau_floor must be <= tau"),
+        ("macl", {"tau_floor": 0.0}, "tau_floor must be > 0"),
+        ("macl", {"reweight": 1}, "reweight must be True or False"),
+        ("macl", {"alpha": float("inf")}, "alpha must be a finite number"),
+        ("learned", {"tau": 0.005}, "tau_floor must be <= tau"),
+        ("learned", {"tau": 0.0}, "tau must be > 0"),
+        ("learned", {"alpha": 0.5}, "alpha does not apply to the temperature rule 'learned'"),
         ("dystress", {"tau": 0.2}, "tau does not apply to the temperature rule 'dystress'"),
         ("warm", {}, "unknown temperature rule 'warm'; known: fixed, dystress"),
     ],
@@ -157,6 +163,8 @@ ALL_RULES = [
     T.Fixed(0.2),
     T.CosineSchedule(0.1, 1.0, period=40),
     T.MACL(0.1, 0.5, 0.0),
+    T.MACL(0.05, 2.0, 0.8, reweight=False, tau_floor=0.02),
+    T.Learned(0.07, tau_floor=0.01),
 ]
 
 

@@ -387,3 +387,65 @@ def test_resume_under_another_mixed_precision(fake_root, tmp_path):
     train.start_run(config, context, images).restore(scaled_state, "fingerprint", tmp_path)
     with pytest.raises(ValueError, match="training data differ"):
         scaled.restore(state, "other data", tmp_path)
+
+
+# ----------------------------------------------------------------------------- learned tau
+
+
+def test_a_learned_temperature_is_trained_logged_and_resumed_exactly(
+    fake_root, tmp_path, monkeypatch
+):
+    config = tiny(fake_root, tmp_path / "whole", temperature="learned", tau=0.2, momentum=0.9)
+    results = train.train(config)
+    lines = [
+        json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().split("\n") if x
+    ]
+    taus = [line["tau"] for line in lines]
+    assert len(taus) == 2 and taus[0] != 0.2 and taus[1] != taus[0]  # trained every step
+    assert results["final"]["tau"] == taus[-1]
+    state = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    assert math.exp(state["temperature"]["log_tau"].item()) == pytest.approx(taus[-1], rel=1e-6)
+    groups = state["optimizer"]["param_groups"]
+    assert len(groups) == 2 and groups[1]["weight_decay"] == 0.0  # the temperature: no decay
+    assert groups[0]["weight_decay"] == config.weight_decay
+
+    # stopped after epoch 1 (its checkpoint written), then rerun: the same run, bit for bit
+    real = train._one_epoch
+
+    class Stop(Exception):
+        pass
+
+    def once(run, *args):
+        real(run, *args)
+        raise Stop
+
+    resumed = dataclasses.replace(config, out=str(tmp_path / "resumed"))
+    monkeypatch.setattr(train, "_one_epoch", once)
+    with pytest.raises(Stop):
+        train.train(resumed)
+    monkeypatch.setattr(train, "_one_epoch", real)
+    train.train(resumed)
+    other = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert torch.equal(other["temperature"]["log_tau"], state["temperature"]["log_tau"])
+    for key in state["model"]:
+        assert torch.equal(other["model"][key], state["model"][key]), key
+    timing = ("images_per_s", "seconds")
+    again = [
+        json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().split("\n") if x
+    ]
+    assert [{k: v for k, v in m.items() if k not in timing} for m in again] == [
+        {k: v for k, v in m.items() if k not in timing} for m in lines
+    ]
+
+
+def test_a_checkpoint_without_the_learned_temperature_does_not_fit(fake_root, tmp_path):
+    from dyntemp import runs
+    from dyntemp.distributed import Context
+
+    config = tiny(fake_root, tmp_path / "run", temperature="learned")
+    images = torch.randint(0, 256, (80, 3, 32, 32), dtype=torch.uint8)
+    context = Context(0, 1, 0, torch.device("cpu"))
+    state = train.start_run(config, context, images).state("fingerprint")
+    state["temperature"] = {}
+    with pytest.raises(runs.RunFolderError, match="does not fit this run"):
+        train.start_run(config, context, images).restore(state, "fingerprint", tmp_path)

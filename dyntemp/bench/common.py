@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 
+from dyntemp import runs
 from dyntemp.data import CIFAR10_MEAN, CIFAR10_STD
 
-RESULTS_FILE = "results.json"
+RESULTS_FILE = runs.RESULTS_FILE  # the name of every results file
 
 
 def sync(device: torch.device | str) -> None:

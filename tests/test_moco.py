@@ -1,0 +1,348 @@
+"""MoCo: the loss against a float64 reference, the queue's order and wrap-around, the
+momentum update, the queue filled by two gloo processes, training and exact resumption."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from fake_cifar import write_fake_cifar10
+from host_reads import host_reads
+
+from dyntemp import moco, train
+from dyntemp import temperature as T
+
+RULES = [
+    T.Fixed(0.2),
+    T.DySTreSS(0.1, 0.2),
+    T.ShiftedDySTreSS(),
+    T.MACL(0.1, 0.5, 0.0),
+    T.MACL(0.1, 0.5, 0.0, reweight=False),
+    T.Learned(0.15),
+]
+
+
+def reference(q, k, queue, rule, *, detach=True, decoupled=False):
+    """InfoNCE written query by query from the formula, float64, autograd: logits
+    [q.k+, q.queue_j] / tau(s) with the label 0, keys and queue without gradient."""
+    q = q / q.norm(dim=1, keepdim=True)
+    k = (k / k.norm(dim=1, keepdim=True)).detach()
+    queue = (queue / queue.norm(dim=1, keepdim=True)).detach()
+    positive_mean = (q * k).sum(1).mean().detach()
+    losses = []
+    for i in range(q.shape[0]):
+        s = torch.cat([(q[i] * k[i]).sum()[None], queue @ q[i]])
+        tau = rule(s, positive_mean=positive_mean)
+        if detach and rule.per_pair:
+            tau = tau.detach()
+        x = s / tau
+        denominator = torch.logsumexp(x[1:] if decoupled else x, 0)
+        loss_i = denominator - x[0]
+        if rule.reweight:
+            loss_i = loss_i / (1 - torch.softmax(x, 0)[0]).detach()
+        losses.append(loss_i)
+    return torch.stack(losses).mean()
+
+
+def problem(b=5, d=6, size=9, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, d, generator=g, dtype=torch.float64)
+    k = q + 0.6 * torch.randn(b, d, generator=g, dtype=torch.float64)
+    queue = torch.nn.functional.normalize(torch.randn(size, d, generator=g, dtype=torch.float64))
+    return q.to(dtype).requires_grad_(), k.to(dtype), queue.to(dtype)
+
+
+@pytest.mark.parametrize("decoupled", [False, True], ids=["infonce", "dcl"])
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-graph"])
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_matches_reference(rule, detach, decoupled):
+    if rule.reweight and decoupled:
+        pytest.skip("MACL's reweighting needs the positive in the denominator")
+    q, k, queue = problem()
+    loss = moco.moco_loss(q, k, queue, rule, detach_temperature=detach, decoupled=decoupled)
+    params = [q, *rule.parameters()]
+    grads = torch.autograd.grad(loss, params)
+    r = q.detach().double().requires_grad_()
+    twin = T.from_name({v: n for n, v in T._RULES.items()}[type(rule)], **rule.params()).to(
+        dtype=torch.float64
+    )
+    expected = reference(r, k.double(), queue.double(), twin, detach=detach, decoupled=decoupled)
+    expected_grads = torch.autograd.grad(expected, [r, *twin.parameters()])
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=1e-6)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_gradcheck_in_float64():
+    q, k, queue = problem(b=3, d=3, size=4, dtype=torch.float64)
+    rule = T.DySTreSS(0.1, 0.2)
+    assert torch.autograd.gradcheck(
+        lambda a: moco.moco_loss(a, k, queue, rule, detach_temperature=False), (q,)
+    )
+
+
+def test_symmetrised_loss_and_no_gradient_to_keys():
+    q1, k1, queue = problem(seed=1)
+    q2, k2, _ = problem(seed=2)
+    k1.requires_grad_()
+    rule = T.DySTreSS()
+    loss = moco.symmetric_moco_loss(q1, q2, k1, k2, queue, rule)
+    halves = moco.moco_loss(q1, k2, queue, rule), moco.moco_loss(q2, k1, queue, rule)
+    torch.testing.assert_close(loss, (halves[0] + halves[1]) / 2)
+    loss.backward()
+    assert k1.grad is None and q1.grad is not None
+
+
+def test_the_gpu_path_reads_no_value_on_the_host():
+    q, k, queue = problem()
+    for rule in RULES:
+        with host_reads() as reads:
+            moco.moco_loss(q, k, queue, rule).backward()
+        assert reads == [], rule
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+
+
+def test_queue_order_and_wrap_around():
+    queue = moco.MoCo(tiny_model(), queue_size=10, dim=3, momentum=0.9)
+    initial = queue.queue.clone()
+    assert torch.allclose(initial.norm(dim=1), torch.ones(10))
+    blocks = [torch.full((2, 3), float(i + 1)) for i in range(8)]  # keys i+1, unit after norm
+    unit = [torch.nn.functional.normalize(b, dim=1) for b in blocks]
+    queue.enqueue(blocks[0], blocks[1])  # first view's keys first
+    assert queue.pointer == 4
+    assert torch.equal(queue.queue[:2], unit[0]) and torch.equal(queue.queue[2:4], unit[1])
+    assert torch.equal(queue.queue[4:], initial[4:])
+    queue.enqueue(blocks[2], blocks[3])
+    queue.enqueue(blocks[4], blocks[5])  # 12 keys written: the last two wrap to the front
+    assert queue.pointer == 2
+    assert torch.equal(queue.queue[:2], unit[5])
+    assert torch.equal(queue.queue[2:4], unit[1])  # not yet overwritten: the oldest left
+    assert torch.equal(queue.queue[8:10], unit[4])
+    with pytest.raises(ValueError, match="do not fit"):
+        queue.enqueue(torch.ones(11, 3))
+
+
+def test_momentum_update_and_state():
+    model = tiny_model()
+    keys = moco.MoCo(model, queue_size=6, dim=3, momentum=0.75)
+    assert all(not p.requires_grad for p in keys.encoder.parameters())
+    before = [p.clone() for p in keys.encoder.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    keys.update(model)
+    for old, new, q in zip(before, keys.encoder.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(new, 0.75 * old + 0.25 * q)
+    keys.enqueue(torch.randn(2, 3))
+    state = keys.state_dict()
+    other = moco.MoCo(tiny_model(), queue_size=6, dim=3, momentum=0.75, seed=5)
+    other.load_state_dict(state)
+    assert other.pointer == 2 and torch.equal(other.queue, keys.queue)
+    for a, b in zip(other.encoder.state_dict().values(), state["encoder"].values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="saved queue has shape"):
+        moco.MoCo(tiny_model(), queue_size=8, dim=3, momentum=0.75).load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- two processes
+
+WORLD, PER_RANK = 2, 3
+
+
+def global_keys():
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(3, WORLD * PER_RANK, 4, generator=g)  # 3 steps of k1 and k2 parts
+
+
+def worker(rank: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    keys = moco.MoCo(tiny_model(), queue_size=16, dim=4, momentum=0.9, seed=3)
+    steps = global_keys()
+    mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    pointers = []
+    for k in steps:  # this rank's shard of both views
+        keys.enqueue(k[mine], 2 * k[mine])
+        pointers.append(keys.pointer)
+    torch.save({"queue": keys.queue, "pointers": pointers}, os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_processes_fill_the_queue_as_one(tmp_path):
+    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    one = moco.MoCo(tiny_model(), queue_size=16, dim=4, momentum=0.9, seed=3)
+    pointers = []
+    for k in global_keys():
+        one.enqueue(k, 2 * k)  # 12 keys a step into 16 places: steps 2 and 3 wrap around
+        pointers.append(one.pointer)
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["pointers"] == pointers == [12, 8, 4]
+        assert torch.equal(got["queue"], one.queue), rank
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory) -> Path:
+    return write_fake_cifar10(tmp_path_factory.mktemp("data"))
+
+
+def tiny(root: Path, out: Path, **changes) -> train.TrainConfig:
+    settings = dict(
+        out=str(out),
+        data_root=str(root),
+        model="small",
+        epochs=2,
+        batch_size=40,
+        knn_k=20,
+        progress=False,
+        projector_hidden_dim=64,
+        projector_dim=32,
+        amp="off",
+        method="moco",
+        queue_size=200,  # 80 keys a step: the queue wraps around within the first epoch
+        momentum=0.9,
+    )
+    return train.TrainConfig(**{**settings, **changes})
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupted_then_resumed(config, monkeypatch):
+    """Run one epoch, stop as a kill after the epoch's checkpoint would, then rerun."""
+    real = train._one_epoch
+
+    def once(run, *args):
+        real(run, *args)
+        raise Interrupted
+
+    monkeypatch.setattr(train, "_one_epoch", once)
+    with pytest.raises(Interrupted):
+        train.train(config)
+    monkeypatch.setattr(train, "_one_epoch", real)
+    assert torch.load(Path(config.out) / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    return train.train(config)
+
+
+def assert_same_checkpoints(a_folder: Path, b_folder: Path) -> None:
+    a = torch.load(a_folder / "checkpoint.pt", weights_only=True)
+    b = torch.load(b_folder / "checkpoint.pt", weights_only=True)
+    for key in ("model",):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), name
+    for name in a["moco"]["encoder"]:
+        assert torch.equal(a["moco"]["encoder"][name], b["moco"]["encoder"][name]), name
+    assert torch.equal(a["moco"]["queue"], b["moco"]["queue"])
+    assert a["moco"]["pointer"] == b["moco"]["pointer"]
+    assert a["temperature"].keys() == b["temperature"].keys()
+    for name in a["temperature"]:
+        assert torch.equal(a["temperature"][name], b["temperature"][name])
+    for sa, sb in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+
+    def metrics(folder):
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        return [
+            {k: v for k, v in json.loads(x).items() if k not in ("images_per_s", "seconds")}
+            for x in lines
+        ]
+
+    assert metrics(a_folder) == metrics(b_folder)
+
+
+@pytest.mark.parametrize("rule", ["dystress", "learned"])
+def test_moco_trains_and_resumes_exactly(fake_root, tmp_path, monkeypatch, rule):
+    config = tiny(fake_root, tmp_path / "whole", temperature=rule)
+    results = train.train(config)
+    assert results["method"] == "moco" and results["knn_top1"] > 30  # chance: 10 %
+    state = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    assert state["moco"]["pointer"] == (2 * 5 * 80) % 200  # 2 epochs of 5 steps, 80 keys each
+    assert set(state["moco"]["encoder"]) == set(state["model"])
+    resumed = dataclasses.replace(config, out=str(tmp_path / "resumed"))
+    interrupted_then_resumed(resumed, monkeypatch)
+    assert_same_checkpoints(tmp_path / "whole", tmp_path / "resumed")
+
+
+def test_moco_settings_are_checked(fake_root, tmp_path):
+    with pytest.raises(ValueError, match="--queue-size 50 must hold"):
+        tiny(fake_root, tmp_path, queue_size=50).check()
+    with pytest.raises(ValueError, match="--moco-momentum must be in"):
+        tiny(fake_root, tmp_path, moco_momentum=1.0).check()
+    with pytest.raises(ValueError, match="unknown --method"):
+        tiny(fake_root, tmp_path, method="byol").check()
+
+
+def test_the_command_line_takes_every_new_option():
+    from dyntemp.__main__ import build_parser
+
+    args = build_parser().parse_args(
+        "train --out x --method moco --moco-momentum 0.999 --queue-size 8192 "
+        "--temperature macl --tau 0.05 --alpha 2 --a0 0.8 --no-reweight --tau-floor 0.005".split()
+    )
+    assert (args.method, args.moco_momentum, args.queue_size) == ("moco", 0.999, 8192)
+    assert args.reweight is False and args.tau_floor == 0.005
+    config = train.TrainConfig(
+        **{k: getattr(args, k) for k in ("method", "temperature", "tau", "alpha", "a0")},
+        reweight=args.reweight,
+        tau_floor=args.tau_floor,
+    )
+    assert config.temperature_rule() == T.MACL(0.05, 2.0, 0.8, reweight=False, tau_floor=0.005)
+    learned = build_parser().parse_args("train --out x --temperature learned --tau 0.07".split())
+    assert learned.temperature == "learned" and learned.tau == 0.07
+
+
+def _torchrun(root: Path, out: Path, processes: int, batch_size: int) -> dict:
+    import subprocess
+    import sys
+
+    command = ["-m", "dyntemp", "train", "--model", "small", "--epochs", "1", "--knn-k", "5"]
+    command += ["--projector-hidden-dim", "64", "--projector-dim", "32", "--no-progress"]
+    command += ["--momentum", "0.9", "--amp", "off", "--method", "moco", "--queue-size", "64"]
+    command += ["--temperature", "learned", "--tau", "0.2"]
+    command += ["--data-root", str(root), "--batch-size", str(batch_size), "--out", str(out)]
+    if processes > 1:
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+        command = launcher + command
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(
+        [sys.executable, *command], env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_train_moco_as_one(tmp_path):
+    """A step of 2 x 8 images on two processes equals one of 16 on one: the same queue
+    (both ranks' keys, in order), the same learned temperature (its gradient averaged)."""
+    root = write_fake_cifar10(tmp_path / "data", train_per_class=2, test_per_class=2)
+    single = _torchrun(root, tmp_path / "single", processes=1, batch_size=16)
+    double = _torchrun(root, tmp_path / "double", processes=2, batch_size=8)
+    assert double["provenance"]["world_size"] == 2
+    assert double["final"]["loss"] == pytest.approx(single["final"]["loss"], rel=1e-5)
+    a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "double" / "checkpoint.pt", weights_only=True)
+    assert a["moco"]["pointer"] == b["moco"]["pointer"] == 32
+    torch.testing.assert_close(a["moco"]["queue"], b["moco"]["queue"], rtol=1e-4, atol=1e-5)
+    initial = math.log(0.2)
+    change_a = a["temperature"]["log_tau"].item() - initial
+    change_b = b["temperature"]["log_tau"].item() - initial
+    assert change_a != 0 and change_b == pytest.approx(change_a, rel=1e-3)
