@@ -3,7 +3,8 @@
 Every run folder ``results/<scale>/<config>/seed<k>/`` holds its config, its per-epoch
 metrics and ``results.json`` with provenance, and is the run its name says. The table that
 ``experiments.results_table`` computes equals an independent reading of those files, and
-the results chapter, stored executed at cpu scale, shows exactly that table.
+the results chapter, stored executed at cpu scale, shows exactly that table, below a first
+row for the untrained network read from its stored files.
 """
 
 from __future__ import annotations
@@ -125,9 +126,20 @@ def test_results_chapter_shows_the_stored_table() -> None:
     shown = _table_output(notebook)
     assert "ours, cpu scale" in shown.splitlines()[0]
     lines = shown.splitlines()[2:]
+
+    # First the untrained network, read from its stored files.
+    cells = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert cells[0] == "untrained network" and cells[1] == ""
+    seeds = experiments.SEEDS["cpu"]
+    stored = [_json(RESULTS / "cpu" / "untrained" / f"seed{s}" / "untrained.json") for s in seeds]
+    assert cells[2] == experiments.describe([result["knn_top1"] for result in stored])
+    targets = re.findall(r"\]\(([^)]+)\)", cells[3])
+    assert targets == [f"{repository}/tree/main/results/cpu/untrained/seed{s}" for s in seeds]
+
+    # Then one row per config, as results_table computes it.
     rows = experiments.results_table("cpu")
-    assert len(lines) == len(rows)
-    for line, row in zip(lines, rows, strict=True):
+    assert len(lines) == 1 + len(rows)
+    for line, row in zip(lines[1:], rows, strict=True):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[0] == row["label"]
         assert cells[2] == experiments.describe(row["knn_top1"])

@@ -1,0 +1,99 @@
+"""The experiment chapters (6-9) as stored: the cpu study, read without training, with
+verdicts that are tests.
+
+The chapters are committed executed without ``DYNTEMP_SCALE``: they must show the stored
+study and train nothing; every verdict they print is Welch's test with Holm's adjustment
+over a family the chapter names; the untrained baseline they show is stored for every seed,
+evaluated on the same images as the runs it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from dyntemp import experiments
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "notebooks").glob("0[6-9]_*.ipynb"))
+NOT_TRAINING = "DYNTEMP_SCALE is not set: the stored cpu study is shown, nothing is trained"
+
+
+def _cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"]
+
+
+def _code(path: Path) -> str:
+    return "\n".join("".join(c["source"]) for c in _cells(path) if c["cell_type"] == "code")
+
+
+def _outputs(path: Path) -> str:
+    texts = []
+    for cell in _cells(path):
+        for output in cell.get("outputs", []):
+            texts.append("".join(output.get("text", "")))
+            texts.append("".join(output.get("data", {}).get("text/markdown", "")))
+    return "\n".join(texts)
+
+
+def test_there_are_four_experiment_chapters() -> None:
+    assert [p.name[:2] for p in CHAPTERS] == ["06", "07", "08", "09"]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_a_chapter_trains_only_when_a_scale_is_asked_for(path: Path) -> None:
+    code = _code(path)
+    assert "train=True" not in code and "run_or_load(" not in code
+    for call in re.findall(r"collect\([^)]*\)", code):
+        assert "train=train" in call, call
+    assert "train = experiments.may_train()" in code
+    assert "experiments.plan(" in code  # what training would take, said before it starts
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_a_chapter_is_stored_showing_the_stored_study(path: Path) -> None:
+    shown = _outputs(path)
+    assert "scale: cpu" in shown and NOT_TRAINING in shown
+    assert "Traceback" not in shown
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_verdicts_are_holm_adjusted_tests(path: Path) -> None:
+    shown, text = _outputs(path), json.dumps(_cells(path))
+    assert "twice its standard error" not in text and "larger than the spread" not in text
+    assert re.search(r"The family: \d+ .*Holm-adjusted at the 0\.05 level", shown)
+    verdicts = [line for line in shown.splitlines() if "at the 0.05 level" in line]
+    verdicts = [line for line in verdicts if "The family" not in line]
+    assert verdicts
+    for line in verdicts:
+        assert "Welch" in line and "Holm-adjusted p = " in line, line
+
+
+def test_the_untrained_baseline_is_stored_for_every_cpu_seed() -> None:
+    runs = {}
+    for seed in experiments.SEEDS["cpu"]:
+        stored = experiments.untrained(seed, "cpu", compute=False)
+        assert stored is not None, f"seed {seed}: no untrained.json matching the cpu config"
+        assert 0 < stored["knn_top1"] < 100
+        trained = experiments.load(experiments.run_dir("fixed-0.2", seed, "cpu"))
+        runs[seed] = stored
+        # The same images as the runs it is the start of.
+        ours, theirs = stored["provenance"]["dataset"], trained["results"]["provenance"]["dataset"]
+        assert ours["train_fingerprint"] == theirs["train_fingerprint"]
+        assert ours["test_fingerprint"] == theirs["test_fingerprint"]
+        assert stored["config"]["data_root"] is None
+        assert not Path(stored["config"]["out"]).is_absolute()
+    # Three initialisations, three baselines: the seed reaches the weights.
+    assert len({result["knn_top1"] for result in runs.values()}) > 1
+
+
+def test_chapter_6_starts_every_accuracy_curve_at_the_untrained_network() -> None:
+    shown = _outputs(ROOT / "notebooks" / "06_training.ipynb")
+    values = [
+        experiments.untrained(s, "cpu", compute=False)["knn_top1"] for s in experiments.SEEDS["cpu"]
+    ]
+    listed = ", ".join(f"{value:.2f}" for value in values)
+    assert f"untrained network      kNN top-1 (%) per seed: {listed}" in shown
