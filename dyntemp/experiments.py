@@ -399,7 +399,7 @@ def untrained(seed: int = 0, scale: str | None = None, *, compute: bool = True) 
     cfg = config("fixed-0.2", seed, scale)
     if path.exists():
         stored = runs.read_json(path)
-        if runs.same_config(stored["config"], cfg.as_dict()):
+        if runs.same_config(stored["config"], cfg.as_dict()):  # "out" is not compared
             return stored
     if not compute:
         return None
@@ -424,8 +424,10 @@ def untrained(seed: int = 0, scale: str | None = None, *, compute: bool = True) 
             },
         },
     }
-    if scale != "smoke":  # a relative folder keeps machine paths out of the files
-        result["config"]["out"] = relative(cfg.out)
+    result["config"]["out"] = relative(path.parent) if scale != "smoke" else str(path.parent)
+    result["provenance"]["command"] = (
+        f"python -c \"from dyntemp import experiments; experiments.untrained({seed}, '{scale}')\""
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_json(path, result)
     return result
@@ -470,18 +472,22 @@ def plan(names: Iterable[str], scale: str) -> str:
     if not todo:
         return f"all runs of these configs are stored at {scale} scale: nothing to train"
     seconds = step_seconds(scale)
-    steps = sum(_steps(config(name, seed, scale)) for name, seed in todo)
-    minutes = steps * seconds / 60
+    total = sum(steps(config(name, seed, scale)) for name, seed in todo)
+    minutes = total * seconds / 60
     return (
-        f"{len(todo)} runs to train at {scale} scale ({steps:,} steps); one step takes "
+        f"{len(todo)} runs to train at {scale} scale ({total:,} steps); one step takes "
         f"{1000 * seconds:.0f} ms here, so about {minutes:.0f} minutes of training, plus "
         f"evaluation"
     )
 
 
-def _steps(cfg: TrainConfig) -> int:
-    images = {"cifar10": 50_000, "cifar100": 50_000, "cifar10-lt": 12_406}.get(cfg.dataset)
-    images = cfg.subset or images or 50_000
+#: Training images of each dataset (CIFAR-10-LT at the imbalance of the study, 0.01).
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "cifar10-lt": 12_406}
+
+
+def steps(cfg: TrainConfig) -> int:
+    """The SGD steps of a run of ``cfg`` (one process): images per epoch over the batch."""
+    images = cfg.subset or TRAIN_IMAGES.get(cfg.dataset, 50_000)
     return (images // cfg.batch_size) * cfg.epochs
 
 

@@ -78,17 +78,30 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def verdict(gap: dict[str, Any], adjusted_p: float | None = None, level: float = LEVEL) -> str:
+def format_p(p: float) -> str:
+    """``p = 0.031``, or ``p < 0.001`` for smaller values."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def verdict(
+    gap: dict[str, Any],
+    adjusted_p: float | None = None,
+    level: float = LEVEL,
+    *,
+    unit: str = "points",
+    digits: int = 2,
+) -> str:
     """The difference and its test in words, e.g. ``+1.20 points, p = 0.031 (Welch, 3 vs 3
-    seeds): different at the 0.05 level``; with ``adjusted_p`` the Holm-adjusted p decides."""
-    said = f"{gap['difference']:+.2f} points"
+    seeds): different at the 0.05 level``; with ``adjusted_p`` the Holm-adjusted p decides.
+    ``unit`` and ``digits`` say how the difference is written."""
+    said = f"{gap['difference']:+.{digits}f}" + (f" {unit}" if unit else "")
     p = gap["p_value"]
     if math.isnan(p):
         n_a, n_b = gap["n"]
         return f"{said}, not tested ({n_a} vs {n_b} seeds: a test needs two on each side)"
     seeds = f"Welch, {gap['n'][0]} vs {gap['n'][1]} seeds"
     decisive = p if adjusted_p is None else adjusted_p
-    text = f"{said}, p = {p:.3f} ({seeds}"
-    text += ")" if adjusted_p is None else f"; Holm-adjusted p = {adjusted_p:.3f})"
+    text = f"{said}, {format_p(p)} ({seeds}"
+    text += ")" if adjusted_p is None else f"; Holm-adjusted {format_p(adjusted_p)})"
     outcome = "different" if decisive < level else "not shown to differ"
     return f"{text}: {outcome} at the {level:g} level"

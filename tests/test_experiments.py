@@ -59,3 +59,9 @@ def test_the_untrained_baseline_is_stored_and_reused(cifar10_root, monkeypatch, 
     assert experiments.untrained(0, "smoke", compute=False) == stored
     other = experiments.untrained(1, "smoke")  # another initialisation
     assert other["config"]["seed"] == 1
+
+
+def test_steps_of_a_run():
+    assert experiments.steps(experiments.config("fixed-0.2", 0, "gpu")) == (50_000 // 128) * 200
+    lt = experiments.config("lt-fixed-0.2", 0, "gpu")
+    assert experiments.steps(lt) == (12_406 // 128) * 200

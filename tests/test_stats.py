@@ -60,3 +60,10 @@ def test_describe_and_spread():
     assert stats.describe([1.0, 2.0, 3.0]) == "2.00 ± 1.00 (3 seeds)"
     assert stats.describe([5.0]) == "5.00 (1 seed)"
     assert stats.mean_and_spread([]) == pytest.approx((math.nan, math.nan), nan_ok=True)
+
+
+def test_verdict_units_digits_and_small_p():
+    gap = {"difference": 0.01234, "p_value": 0.0004, "n": (3, 3)}
+    text = stats.verdict(gap, unit="", digits=4)
+    assert text.startswith("+0.0123, p < 0.001 (Welch, 3 vs 3 seeds)")
+    assert stats.format_p(0.0312) == "p = 0.031"
