@@ -16,7 +16,7 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
     import importlib
 
     module = importlib.import_module(f"dyntemp.bench.{args.what}")
-    return module.main(rest)
+    return module.main([*args.options, *rest])
 
 
 def _train(args: argparse.Namespace, rest: list[str]) -> int:
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_eval)
     bench = commands.add_parser("bench", help="benchmarks, side by side in one run")
     bench.add_argument("what", choices=BENCHMARKS, metavar="{" + ",".join(BENCHMARKS) + "}")
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
     bench.set_defaults(handler=_bench)
     return parser
 

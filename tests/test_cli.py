@@ -198,3 +198,10 @@ def test_help_says_each_default_once(capsys):
     assert "imbalance ratio of cifar10-lt / cifar100-lt (default: 0.01)" in text
     assert "(default: 0.01) (default" not in text
     assert "--lr LR peak learning rate (default: 0.2)" in text
+
+
+def test_a_benchmark_gets_its_own_options(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "loss", "--help"])
+    assert stop.value.code == 0
+    assert "python -m dyntemp bench loss" in capsys.readouterr().out
