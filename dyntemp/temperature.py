@@ -30,6 +30,7 @@ lists it, the loss returns its gradient through ``rule.parameter_gradients``, an
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any
@@ -48,6 +49,7 @@ __all__ = [
     "Learned",
     "Linear",
     "MACL",
+    "ProfileRule",
     "ShiftedDySTreSS",
     "TemperatureRule",
     "from_name",
@@ -214,6 +216,31 @@ class TemperatureRule:
         return hash((type(self).__name__, tuple(self.params().items())))
 
 
+class ProfileRule(TemperatureRule):
+    """A per-pair rule written once, as its SymPy form (``sympy``): the tensor code of tau and
+    of its derivative are compiled from that expression (``dyntemp.formula``), the same code
+    a reader's ``Formula`` gets, and as fast as the forms once written by hand
+    (``python -m dyntemp bench loss`` measures the DySTreSS formula beside this class)."""
+
+    def tau(self, s, progress=None, positive_mean=None):
+        return _profile(self).tau(s)
+
+    def derivative(self, s):
+        return _profile(self).derivative(s)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(kind: type, params: tuple[tuple[str, float], ...]) -> TemperatureRule:
+    from dyntemp.formula import Formula, S
+
+    return Formula(kind(**dict(params)).sympy(S))
+
+
+def _profile(rule: ProfileRule) -> TemperatureRule:
+    """The compiled formula of ``rule``, made once for each kind and parameters."""
+    return _compiled(type(rule), tuple(rule.params().items()))
+
+
 class Fixed(TemperatureRule):
     """One temperature for every pair: SimCLR's NT-Xent."""
 
@@ -235,7 +262,7 @@ class Fixed(TemperatureRule):
         return _exact("tau", self.tau_value, symbolic)
 
 
-class DySTreSS(TemperatureRule):
+class DySTreSS(ProfileRule):
     """The paper's cosine rule: tau_max at s = +-1, tau_min at s = 0.
 
     tau(s) = tau_min + (tau_max - tau_min)/2 * (1 + cos(pi (1 + s)))
@@ -244,22 +271,13 @@ class DySTreSS(TemperatureRule):
     def __init__(self, tau_min: float = 0.1, tau_max: float = 0.2) -> None:
         self.tau_min, self.tau_max = _check_range(tau_min, tau_max)
 
-    def tau(self, s, progress=None, positive_mean=None):
-        half = 0.5 * (self.tau_max - self.tau_min)
-        # = tau_min + half - half cos(pi s), in place on one new tensor
-        return s.mul(math.pi).cos_().mul_(-half).add_(self.tau_min + half)
-
-    def derivative(self, s):
-        half = 0.5 * (self.tau_max - self.tau_min)
-        return s.mul(math.pi).sin_().mul_(half * math.pi)
-
     def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
         lo = _exact("tau_min", self.tau_min, symbolic)
         hi = _exact("tau_max", self.tau_max, symbolic)
         return lo + (hi - lo) / 2 * (1 + sp.cos(sp.pi * (1 + s)))
 
 
-class ShiftedDySTreSS(TemperatureRule):
+class ShiftedDySTreSS(ProfileRule):
     """The paper's DySTreSS*: the cosine shifted by ``shift`` and stretched to ``width``.
 
     tau(s) = tau_min + (tau_max - tau_min)/2 * (1 + cos(pi (s + shift) / width)) for
@@ -273,17 +291,6 @@ class ShiftedDySTreSS(TemperatureRule):
         self.shift = _check_finite("shift", shift)
         self.width = _check_positive("width", width)
 
-    def tau(self, s, progress=None, positive_mean=None):
-        half = 0.5 * (self.tau_max - self.tau_min)
-        curve = self.tau_min + half * (1.0 + torch.cos(math.pi * (s + self.shift) / self.width))
-        return torch.where(s <= -self.shift, curve, torch.full_like(curve, self.tau_max))
-
-    def derivative(self, s):
-        half = 0.5 * (self.tau_max - self.tau_min)
-        phase = math.pi * (s + self.shift) / self.width
-        slope = -half * math.pi / self.width * torch.sin(phase)
-        return torch.where(s <= -self.shift, slope, torch.zeros_like(slope))
-
     def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
         lo = _exact("tau_min", self.tau_min, symbolic)
         hi = _exact("tau_max", self.tau_max, symbolic)
@@ -293,17 +300,11 @@ class ShiftedDySTreSS(TemperatureRule):
         return sp.Piecewise((curve, s <= -shift), (hi, True))
 
 
-class Linear(TemperatureRule):
+class Linear(ProfileRule):
     """V-shaped in |s|: tau(s) = tau_min + (tau_max - tau_min) |s|."""
 
     def __init__(self, tau_min: float = 0.1, tau_max: float = 0.2) -> None:
         self.tau_min, self.tau_max = _check_range(tau_min, tau_max)
-
-    def tau(self, s, progress=None, positive_mean=None):
-        return self.tau_min + (self.tau_max - self.tau_min) * s.abs()
-
-    def derivative(self, s):
-        return (self.tau_max - self.tau_min) * torch.sign(s)
 
     def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
         lo = _exact("tau_min", self.tau_min, symbolic)
@@ -311,7 +312,7 @@ class Linear(TemperatureRule):
         return lo + (hi - lo) * sp.Abs(s)
 
 
-class Exponential(TemperatureRule):
+class Exponential(ProfileRule):
     """tau(s) = a - b e^{-c|s|} with a = tau_max, a - b = tau_min = tau(0) and c = rate.
 
     The same as max(a - b e^{-cs}, a - b e^{cs}); it rises from tau_min at s = 0 towards
@@ -323,14 +324,6 @@ class Exponential(TemperatureRule):
         self.rate = _check_finite("rate", rate)
         if self.rate < 0:
             raise ValueError(f"rate must be >= 0, got {self.rate}")
-
-    def tau(self, s, progress=None, positive_mean=None):
-        b = self.tau_max - self.tau_min
-        return self.tau_max - b * torch.exp(-self.rate * s.abs())
-
-    def derivative(self, s):
-        b = self.tau_max - self.tau_min
-        return b * self.rate * torch.sign(s) * torch.exp(-self.rate * s.abs())
 
     def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
         lo = _exact("tau_min", self.tau_min, symbolic)
