@@ -149,7 +149,9 @@ def _captioned_figures(source: Path) -> list[tuple[str, str]]:
 FIND_CAPTIONED = """() => Array.from(document.querySelectorAll("main figure")).map((fig) => {
   const img = fig.querySelector("img");
   const caption = fig.querySelector("figcaption");
-  return [caption ? caption.textContent.trim() : "", img ? img.alt : ""];
+  // Sphinx turns ' into a typographic apostrophe; compare with the source's
+  const text = caption ? caption.textContent.trim().replace(/\u2019/g, "'") : "";
+  return [text, img ? img.alt : ""];
 })"""
 
 

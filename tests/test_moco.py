@@ -59,12 +59,18 @@ def problem(b=5, d=6, size=9, seed=0, dtype=torch.float32):
     return q.to(dtype).requires_grad_(), k.to(dtype), queue.to(dtype)
 
 
-@pytest.mark.parametrize("decoupled", [False, True], ids=["infonce", "dcl"])
+# MACL's reweighting needs the positive in the denominator: with DCL it is refused (tested).
+LOSSES = [
+    pytest.param(rule, decoupled, id=f"{rule!r}-{'dcl' if decoupled else 'infonce'}")
+    for rule in RULES
+    for decoupled in (False, True)
+    if not (getattr(rule, "reweight", False) and decoupled)
+]
+
+
 @pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-graph"])
-@pytest.mark.parametrize("rule", RULES, ids=repr)
+@pytest.mark.parametrize(("rule", "decoupled"), LOSSES)
 def test_matches_reference(rule, detach, decoupled):
-    if rule.reweight and decoupled:
-        pytest.skip("MACL's reweighting needs the positive in the denominator")
     q, k, queue = problem()
     loss = moco.moco_loss(q, k, queue, rule, detach_temperature=detach, decoupled=decoupled)
     params = [q, *rule.parameters()]
