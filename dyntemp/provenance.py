@@ -31,24 +31,27 @@ _X86 = ("x86_64", "amd64", "i386", "i686")
 _ARM64 = ("aarch64", "arm64")
 
 
+def _git(folder: Path, *arguments: str) -> str:
+    """The output of ``git ARGUMENTS`` run in ``folder`` (OSError or CalledProcessError)."""
+    return subprocess.run(
+        ["git", *arguments], cwd=folder, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _package_folder(path: str | os.PathLike | None) -> Path:
+    return Path(path) if path is not None else Path(__file__).resolve().parent
+
+
 def git_commit(path: str | os.PathLike | None = None) -> str | None:
     """The commit of the checkout holding this package (``+dirty`` if its code has changes).
 
     Only the package's own files count: results or notebooks being written do not make the
     code dirty.
     """
-    folder = Path(path) if path is not None else Path(__file__).resolve().parent
+    folder = _package_folder(path)
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = _git(folder, "rev-parse", "HEAD")
+        dirty = _git(folder, "status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("+dirty" if dirty else "")
@@ -58,18 +61,12 @@ def package_commit(path: str | os.PathLike | None = None) -> str | None:
     """The last commit that changed this package's own files (``+dirty`` if they have
     uncommitted changes): the same for every run of one version of the code, even while
     results are committed between the runs."""
-    folder = Path(path) if path is not None else Path(__file__).resolve().parent
+    folder = _package_folder(path)
     current = git_commit(folder)
     if current is None:
         return None
     try:
-        commit = subprocess.run(
-            ["git", "log", "-1", "--format=%H", "--", "."],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = _git(folder, "log", "-1", "--format=%H", "--", ".")
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("+dirty" if current.endswith("+dirty") else "")

@@ -92,30 +92,22 @@ def build_augment(config: TrainConfig, image_size: int) -> SimCLRAugment:
 
 def load_data(config: TrainConfig) -> tuple[data.ImageDataset, data.ImageDataset]:
     """The training set (subset, imbalance) and the test set (test_subset)."""
-    options: dict[str, Any] = {}
-    if config.imbalance is not None:
-        options["imbalance"] = config.imbalance
-    common = {"image_size": config.image_size}
-    train_set = data.load_dataset(
-        config.dataset,
-        config.data_root,
-        "train",
-        config.download,
-        subset=config.subset,
-        subset_name="--subset",
-        **common,
-        **options,
-    )
-    test_set = data.load_dataset(
-        config.dataset,
-        config.data_root,
-        "test",
-        config.download,
-        subset=config.test_subset,
-        subset_name="--test-subset",
-        **common,
-    )
-    return train_set, test_set
+
+    def split(name: str, subset: int | None, flag: str, **options: Any) -> data.ImageDataset:
+        return data.load_dataset(
+            config.dataset,
+            config.data_root,
+            name,
+            config.download,
+            subset=subset,
+            subset_name=flag,
+            image_size=config.image_size,
+            **options,
+        )
+
+    imbalance = {} if config.imbalance is None else {"imbalance": config.imbalance}
+    train_set = split("train", config.subset, "--subset", **imbalance)
+    return train_set, split("test", config.test_subset, "--test-subset")
 
 
 def knn_eval(
