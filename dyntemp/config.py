@@ -252,16 +252,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's CIFAR setup (the defaults); CIFAR-100 the same on the other dataset.
     "paper-cifar10": {},
     "paper-cifar100": {"dataset": "cifar100"},
-    # The book's cpu scale: the small network on a class-balanced subset of CIFAR-10.
+    # The book's cpu scale: the small network on all of CIFAR-10 for 8 epochs of batch 128,
+    # 3,120 SGD steps, about 2.5 minutes a run with bf16 on a quiet 2-core CPU; the kNN on
+    # the whole test set every 2 epochs. Calibrated with fixed tau = 0.2, seed 0: lr 0.15 /
+    # 0.3 / 0.6 gave 55.6 / 56.9 / 56.4 %; with crops from 0.2 of the area, 57.4 % after 8
+    # epochs and 57.7 after 12: longer runs add little to the small network.
     "cpu": {
         "model": "small",
-        "subset": 2_500,
-        "test_subset": 2_000,
-        "epochs": 4,
+        "epochs": 8,
         "batch_size": 128,
-        "lr": 0.1,
+        "lr": 0.3,
         "momentum": 0.9,
-        "eval_every": 1,
+        "eval_every": 2,
     },
     # The book's colab scale: ResNet-18 on a class-balanced 20,000 images for 10 epochs, for
     # a reader with one T4-class GPU. Estimated, until a GPU measures it: a training image

@@ -29,6 +29,7 @@ from torch import nn
 from dyntemp import data, distributed, evaluate, models, optim, provenance, runs, temperature
 from dyntemp.augment import SimCLRAugment, ViewBatches
 from dyntemp.config import PRESETS, TrainConfig, preset
+from dyntemp.cpu_share import ThreadGuard
 from dyntemp.loss import ntxent
 from dyntemp.moco import MoCo, symmetric_moco_loss
 
@@ -161,6 +162,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed: float = 0.0  # seconds of training, over every resumption
     moco: MoCo | None = None  # method moco: the key encoder and the queue
+    thread_guard: ThreadGuard | None = None  # on the CPU: one thread while others are busy
 
     @property
     def total_steps(self) -> int:
@@ -269,6 +271,7 @@ def start_run(config: TrainConfig, context: distributed.Context, images: torch.T
         global_batch=global_batch,
         steps_per_epoch=len(images) // global_batch,
         moco=moco,
+        thread_guard=ThreadGuard() if device.type == "cpu" else None,
     )
 
 
@@ -341,6 +344,7 @@ def train_epoch(run: Run, bar: Any = None) -> dict[str, Any]:
         world_size=context.world_size,
     )
     window_start, window = time.perf_counter(), 0
+    fewest_threads = torch.get_num_threads()
     for index, (view1, view2) in enumerate(batches):
         step = epoch * run.steps_per_epoch + index
         loss = train_step(run, view1, view2, step)
@@ -349,6 +353,8 @@ def train_epoch(run: Run, bar: Any = None) -> dict[str, Any]:
         window += 1
         if window == LOG_EVERY or index == run.steps_per_epoch - 1:  # one sync per window
             _stop_if_not_finite(run, first_bad)
+            if run.thread_guard is not None:
+                fewest_threads = min(fewest_threads, run.thread_guard.check())
             if bar is not None:
                 seconds = time.perf_counter() - window_start
                 bar.update(window)
@@ -365,6 +371,8 @@ def train_epoch(run: Run, bar: Any = None) -> dict[str, Any]:
         ),
         "images_per_s": run.steps_per_epoch * run.global_batch / seconds,
     }
+    if run.thread_guard is not None:  # fewer threads while other processes were busy
+        metrics["threads"] = fewest_threads
     if run.rule.parameters():  # a learned temperature: its value at the epoch's end
         metrics["tau"] = run.rule.value().item()  # type: ignore[attr-defined]
     return metrics

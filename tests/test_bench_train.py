@@ -32,3 +32,14 @@ def test_bench_train_times_the_trainers_own_step(monkeypatch):
     steps = bench.dyntemp_steps(images, 32, "small", torch.device("cpu"), "off", "off")
     next(steps), next(steps), next(steps)
     assert len(calls) == 3
+
+
+def test_bench_train_under_load_has_the_thread_guard_row(tmp_path, capsys):
+    out = tmp_path / "bench"
+    arguments = "--images 64 --batch-size 32 --steps 1 --rounds 1 --workers 0 --no-gpu"
+    before = torch.get_num_threads()
+    assert bench.main([*arguments.split(), "--under-load", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == before  # the guard gave the threads back
+    loaded = json.loads((out / "results.json").read_text())["cpu"]["median_under_load_images_per_s"]
+    assert set(loaded) == {"dyntemp fp32", "dyntemp bf16", bench.GUARDED}
+    assert bench.GUARDED in capsys.readouterr().out

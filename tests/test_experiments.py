@@ -65,3 +65,10 @@ def test_steps_of_a_run():
     assert experiments.steps(experiments.config("fixed-0.2", 0, "gpu")) == (50_000 // 128) * 200
     lt = experiments.config("lt-fixed-0.2", 0, "gpu")
     assert experiments.steps(lt) == (12_406 // 128) * 200
+
+
+@pytest.mark.parametrize("name", list(experiments.CONFIGS))
+def test_every_cpu_run_trains_at_least_3000_steps(name):
+    cfg = experiments.config(name, 0, "cpu")
+    assert experiments.steps(cfg) >= 3_000, name
+    assert 0 < cfg.eval_every < cfg.epochs  # learning curves: the kNN every few epochs

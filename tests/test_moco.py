@@ -267,7 +267,11 @@ def assert_same_checkpoints(a_folder: Path, b_folder: Path) -> None:
     def metrics(folder):
         lines = (folder / "metrics.jsonl").read_text().splitlines()
         return [
-            {k: v for k, v in json.loads(x).items() if k not in ("images_per_s", "seconds")}
+            {
+                k: v
+                for k, v in json.loads(x).items()
+                if k not in ("images_per_s", "seconds", "threads")
+            }
             for x in lines
         ]
 

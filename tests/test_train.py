@@ -338,7 +338,7 @@ def test_a_killed_run_resumes_to_the_identical_result(fake_root, tmp_path):
 
     def metrics(folder):
         lines = (folder / "metrics.jsonl").read_text().splitlines()
-        timing = ("images_per_s", "seconds")
+        timing = ("images_per_s", "seconds", "threads")
         return [{k: v for k, v in json.loads(x).items() if k not in timing} for x in lines]
 
     assert metrics(whole) == metrics(killed)
@@ -429,7 +429,7 @@ def test_a_learned_temperature_is_trained_logged_and_resumed_exactly(
     assert torch.equal(other["temperature"]["log_tau"], state["temperature"]["log_tau"])
     for key in state["model"]:
         assert torch.equal(other["model"][key], state["model"][key]), key
-    timing = ("images_per_s", "seconds")
+    timing = ("images_per_s", "seconds", "threads")
     again = [
         json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().split("\n") if x
     ]

@@ -20,8 +20,11 @@ The load average is printed: on a machine busy with other processes the threads 
 OpenMP pool wait for each other at every operation, which hurts the batched pipeline (many
 short parallel operations) far more than single-threaded loader workers. ``--under-load``
 measures the dyntemp rows again while a second torch process computes on every core, the
-situation of a study sharing its machine; ``OMP_WAIT_POLICY=PASSIVE`` in the environment
-(recorded with the results) changes how the threads wait.
+situation of a study sharing its machine, and a row of the trainer's answer to it: the same
+bf16 steps with ``dyntemp.cpu_share.ThreadGuard``, which trains with one thread while other
+processes keep a core busy (its first seconds under load, when it finds the load, are not
+timed). ``OMP_WAIT_POLICY=PASSIVE`` in the environment (recorded with the results) changes
+how the threads wait.
 
 On a GPU it also reports the seconds of one CIFAR-10-sized epoch (50,000 images) of
 ResNet-18 with dyntemp's step (bf16 or fp16 autocast, channels_last).
@@ -46,6 +49,7 @@ from dyntemp import data, models
 from dyntemp.augment import ViewBatches
 from dyntemp.bench.common import per_image_pipeline, sync, write_results
 from dyntemp.config import TrainConfig
+from dyntemp.cpu_share import ThreadGuard
 from dyntemp.distributed import Context
 from dyntemp.loss import reference_ntxent
 from dyntemp.provenance import load_average, native_bf16_cpu, provenance
@@ -167,6 +171,17 @@ def reference_rounds(
     return timed_round, loss_name
 
 
+#: The row of the trainer's own policy under load: bf16 steps with its thread guard.
+GUARDED = "dyntemp bf16, thread guard"
+
+
+def _guarded(steps: Iterator[None], guard: ThreadGuard) -> Iterator[None]:
+    """The steps, with the guard checking the machine before each, as the trainer does."""
+    while True:
+        guard.check()
+        yield next(steps)
+
+
 def _forever(loader) -> Iterator:
     """The loader's batches, epoch after epoch."""
     while True:
@@ -212,13 +227,18 @@ def compare_on_cpu(args: argparse.Namespace) -> dict:
         print(f"round {round_index + 1} (images/s): {said}", flush=True)
     loaded: dict[str, list[float]] = {}
     if args.under_load:
+        guard = ThreadGuard()
+        rows = {**ours, GUARDED: _guarded(ours["dyntemp bf16"], guard)}
         with _competing_process():
+            _time(rows[GUARDED], args.steps, device)  # untimed: the guard finds the load
             for round_index in range(args.rounds):
-                for name, steps in ours.items():
+                for name, steps in rows.items():
+                    guard.apply() if name == GUARDED else torch.set_num_threads(guard.threads)
                     seconds = _time(steps, args.steps, device)
                     loaded.setdefault(name, []).append(args.steps * args.batch_size / seconds)
                 said = ", ".join(f"{name} {values[-1]:.0f}" for name, values in loaded.items())
                 print(f"under load, round {round_index + 1} (images/s): {said}", flush=True)
+        guard.restore()
     median = {name: statistics.median(values) for name, values in rates.items()}
     return {
         "model": args.model,
@@ -288,6 +308,9 @@ def format_table(cpu: dict) -> str:
         ratio = f"{cpu['speedup'][name]:.2f}x" if name in cpu["speedup"] else ""
         load = f"{loaded[name]:.0f}" if name in loaded else ""
         lines.append(f"{name:<16}{rate:>10.0f}{ratio:>13}{load:>12}")
+    for name, rate in loaded.items():
+        if name not in cpu["median_images_per_s"]:  # measured under load only
+            lines.append(f"{name:<16}{'':>10}{'':>13}{rate:>12.0f}")
     lines.append(f"reference: {cpu['reference']}")
     return "\n".join(lines)
 
