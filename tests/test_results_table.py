@@ -124,16 +124,17 @@ def test_results_chapter_shows_the_stored_table() -> None:
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     repository = config["repository"]["url"]
     shown = _table_output(notebook)
-    assert "ours, cpu scale" in shown.splitlines()[0]
+    header = [cell.strip() for cell in shown.splitlines()[0].strip("|").split("|")]
+    assert header[1].startswith("ours, cpu scale") and len(header) == 3  # no paper column
     lines = shown.splitlines()[2:]
 
     # First the untrained network, read from its stored files.
     cells = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert cells[0] == "untrained network" and cells[1] == ""
+    assert cells[0] == "untrained network"
     seeds = experiments.SEEDS["cpu"]
     stored = [_json(RESULTS / "cpu" / "untrained" / f"seed{s}" / "untrained.json") for s in seeds]
-    assert cells[2] == experiments.describe([result["knn_top1"] for result in stored])
-    targets = re.findall(r"\]\(([^)]+)\)", cells[3])
+    assert cells[1] == experiments.describe([result["knn_top1"] for result in stored])
+    targets = re.findall(r"\]\(([^)]+)\)", cells[2])
     assert targets == [f"{repository}/tree/main/results/cpu/untrained/seed{s}" for s in seeds]
 
     # Then one row per config, as results_table computes it.
@@ -142,8 +143,8 @@ def test_results_chapter_shows_the_stored_table() -> None:
     for line, row in zip(lines[1:], rows, strict=True):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[0] == row["label"]
-        assert cells[2] == experiments.describe(row["knn_top1"])
-        targets = re.findall(r"\]\(([^)]+)\)", cells[3])
+        assert cells[1] == experiments.describe(row["knn_top1"])
+        targets = re.findall(r"\]\(([^)]+)\)", cells[2])
         assert targets == [f"{repository}/tree/main/{folder}" for folder in row["folders"]]
         for folder in row["folders"]:
             assert (ROOT / folder / "results.json").exists()
