@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install data test test-unit test-notebooks test-experiments study book lint bench gpu-check clean
+.PHONY: install data test test-unit test-notebooks test-experiments study chapters book lint bench gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ test-experiments: data
 # on a quiet 2-core CPU); finished runs in results/<scale> are kept, so it resumes.
 study: data
 	$(BIN)/python -m dyntemp.experiments study $(or $(DYNTEMP_SCALE),cpu)
+
+# The experiment chapters executed in place, showing (and, with DYNTEMP_SCALE set, training)
+# that scale's runs; what they print is then what the book shows.
+chapters: data
+	$(BIN)/python -c "import matplotlib.pyplot"
+	cd notebooks && for chapter in 0[6-9]_*.ipynb; do \
+	  ../$(BIN)/jupyter-execute --inplace --timeout=-1 $$chapter || exit 1; done
 
 # The book, from scratch (a stale build would hide the warnings of unchanged pages);
 # any warning fails it.

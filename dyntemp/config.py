@@ -253,7 +253,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-cifar10": {},
     "paper-cifar100": {"dataset": "cifar100"},
     # The book's cpu scale: the small network on all of CIFAR-10 for 8 epochs of batch 128,
-    # 3,120 SGD steps, about 2.5 minutes a run with bf16 on a quiet 2-core CPU; the kNN on
+    # 3,120 SGD steps, about 3 minutes a run with bf16 on a quiet 2-core CPU; the kNN on
     # the whole test set every 2 epochs. Calibrated with fixed tau = 0.2, seed 0: lr 0.15 /
     # 0.3 / 0.6 gave 55.6 / 56.9 / 56.4 %; with crops from 0.2 of the area, 57.4 % after 8
     # epochs and 57.7 after 12: longer runs add little to the small network.

@@ -4,10 +4,11 @@ A *scale* says how big every run of the study is (the preset of the same name in
 ``dyntemp.config``):
 
 - ``cpu``: the ``small`` network on all of CIFAR-10, trained for real (3,120 SGD steps) in
-  about 2.5 minutes a run on a 2-core CPU; the stored study of the book;
+  about 3 minutes a run on a 2-core CPU; the stored study of the book;
 - ``colab``: ResNet-18 sized so that one chapter trains in about 15 minutes on a T4;
 - ``gpu``: the paper's CIFAR-10 setting (ResNet-18, 200 epochs, batch 128, all 50,000
-  training images), about a day for the whole study on one GPU;
+  training images): about a day for the five main configs on one GPU, about four days for
+  the whole study;
 - ``smoke``: a handful of steps, to check that every chapter runs end to end.
 
 ``DYNTEMP_SCALE`` chooses the scale of the chapters. Without it they show the stored ``cpu``
@@ -22,7 +23,8 @@ trains it there otherwise (at ``smoke`` scale in a temporary folder, never in ``
 After training it also writes ``eval.json`` (``python -m dyntemp eval``) and
 ``embedding.json``: histograms of the similarities of the projections, where the loss's
 temperature acts, and for seed 0 a 2-D t-SNE map of test images. ``untrained(seed, scale)``
-is the kNN accuracy of the same network before any training, the baseline of every table.
+is the kNN accuracy of the same network before any training, the baseline of every table
+(``long_tailed=True``: against the long-tailed training images, the baseline of those runs).
 
 ``python -m dyntemp.experiments study cpu`` runs the whole study at one scale;
 ``python -m dyntemp.experiments table cpu`` prints the table of chapter 9.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import shlex
@@ -93,6 +96,8 @@ LONG_TAILED: dict[str, Any] = {"dataset": "cifar10-lt", "imbalance": 0.01}
 LONG_TAILED_SCALE: dict[str, dict[str, Any]] = {
     "gpu": {},
     "cpu": {"epochs": 32, "eval_every": 4},
+    # All 12,406 images for 16 epochs: about the 200,000 images of a balanced colab run.
+    "colab": {"subset": None, "epochs": 16, "eval_every": 4},
     "smoke": {"subset": 250},
 }
 
@@ -196,13 +201,18 @@ def check_scale(scale: str) -> str:
     return scale
 
 
+def is_long_tailed(name: str) -> bool:
+    """Whether config ``name`` trains on long-tailed CIFAR-10."""
+    return CONFIGS[name].get("dataset") == LONG_TAILED["dataset"]
+
+
 def settings(name: str, scale: str) -> dict[str, Any]:
     """The TrainConfig fields of config ``name`` at ``scale`` that differ from the defaults."""
     check_scale(scale)
     if name not in CONFIGS:
         raise ValueError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
     fields = {**SCALE_SETTINGS[scale], **CONFIGS[name]}
-    if fields.get("dataset") == LONG_TAILED["dataset"]:
+    if is_long_tailed(name):
         fields.update(LONG_TAILED_SCALE[scale])
     if fields.get("temperature") == "schedule":
         fields["period"] = 2.0 * fields.get("epochs", TrainConfig.epochs)
@@ -218,8 +228,9 @@ def config(name: str, seed: int = 0, scale: str | None = None, **changes: Any):
 
 
 def seeds(name: str, scale: str) -> tuple[int, ...]:
-    """The seeds of ``name`` at ``scale`` (the same for every config; the study runs the
-    ablations' later seeds last, as time allows)."""
+    """The seeds of ``name`` at ``scale``: the same for every config (the study runs the
+    ablations' later seeds after all the first ones, so a stopped study has the most
+    configs covered)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
     return SEEDS[check_scale(scale)]
@@ -378,25 +389,29 @@ def tsne_map(features: torch.Tensor, seed: int = 0) -> dict[str, list[float]]:
 # ----------------------------------------------------------------------------- baseline
 
 UNTRAINED = "untrained"
+UNTRAINED_LONG_TAILED = "untrained-lt"
 UNTRAINED_FILE = "untrained.json"
 
 
-def untrained_folder(seed: int, scale: str) -> Path:
-    return run_dir(UNTRAINED, seed, scale)
+def untrained_folder(seed: int, scale: str, *, long_tailed: bool = False) -> Path:
+    return run_dir(UNTRAINED_LONG_TAILED if long_tailed else UNTRAINED, seed, scale)
 
 
-def untrained(seed: int = 0, scale: str | None = None, *, compute: bool = True) -> dict | None:
+def untrained(
+    seed: int = 0, scale: str | None = None, *, long_tailed: bool = False, compute: bool = True
+) -> dict | None:
     """The kNN top-1 of the scale's network before any training (initialised with ``seed``),
     evaluated exactly as the trained runs are: what training adds is measured from here.
+    With ``long_tailed`` the kNN's training images are those of the long-tailed runs.
 
-    Stored in ``results/<scale>/untrained/seed<k>/untrained.json`` (with its provenance);
-    computed when missing if ``compute`` (seconds: one pass over the images).
+    Stored in ``results/<scale>/untrained[-lt]/seed<k>/untrained.json`` (with its
+    provenance); computed when missing if ``compute`` (seconds: one pass over the images).
     """
     from dyntemp import distributed, provenance
 
     scale = default_scale() if scale is None else check_scale(scale)
-    path = untrained_folder(seed, scale) / UNTRAINED_FILE
-    cfg = config("fixed-0.2", seed, scale)
+    path = untrained_folder(seed, scale, long_tailed=long_tailed) / UNTRAINED_FILE
+    cfg = config("lt-fixed-0.2" if long_tailed else "fixed-0.2", seed, scale)
     if path.exists():
         stored = runs.read_json(path)
         if runs.same_config(stored["config"], cfg.as_dict()):  # "out" is not compared
@@ -426,7 +441,8 @@ def untrained(seed: int = 0, scale: str | None = None, *, compute: bool = True) 
     }
     result["config"]["out"] = relative(path.parent) if scale != "smoke" else str(path.parent)
     result["provenance"]["command"] = (
-        f"python -c \"from dyntemp import experiments; experiments.untrained({seed}, '{scale}')\""
+        f'python -c "from dyntemp import experiments; '
+        f"experiments.untrained({seed}, '{scale}'{', long_tailed=True' if long_tailed else ''})\""
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_json(path, result)
@@ -548,13 +564,19 @@ def study(scale: str, names: Sequence[str] | None = None) -> None:
     seed by seed, then the ablations seed by seed (the first seed of every ablation before
     any second one); finished runs are skipped, so a stopped study resumes where it stopped."""
     names = list(CONFIGS) if names is None else list(names)
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown config {unknown[0]!r}; known: {', '.join(CONFIGS)}")
     main = [n for n in names if n in MAIN]
     ablations = [n for n in names if n not in MAIN]
     order = [(n, s) for s in SEEDS[scale] for n in main]
     order += [(n, s) for s in SEEDS[scale] for n in ablations]
-    for seed in SEEDS[scale]:  # the baseline of every table: the network before training
-        baseline = untrained(seed, scale)
-        print(f"untrained seed {seed}: kNN top-1 {baseline['knn_top1']:.2f} %", flush=True)
+    banks = [False] + ([True] if any(is_long_tailed(n) for n in names) else [])
+    for long_tailed, seed in itertools.product(banks, SEEDS[scale]):
+        # The baseline of every table: the network before training.
+        baseline = untrained(seed, scale, long_tailed=long_tailed)
+        label = "untrained" + (" (long-tailed)" if long_tailed else "")
+        print(f"{label} seed {seed}: kNN top-1 {baseline['knn_top1']:.2f} %", flush=True)
     for index, (name, seed) in enumerate(order, 1):
         print(f"[{index}/{len(order)}] {name} seed {seed}", flush=True)
         run = run_or_load(name, seed, scale)

@@ -98,7 +98,9 @@ def verdict(
     p = gap["p_value"]
     if math.isnan(p):
         n_a, n_b = gap["n"]
-        return f"{said}, not tested ({n_a} vs {n_b} seeds: a test needs two on each side)"
+        if min(n_a, n_b) < 2:
+            return f"{said}, not tested ({n_a} vs {n_b} seeds: a test needs two on each side)"
+        return f"{said}, not tested ({n_a} vs {n_b} seeds, all equal on each side: no spread)"
     seeds = f"Welch, {gap['n'][0]} vs {gap['n'][1]} seeds"
     decisive = p if adjusted_p is None else adjusted_p
     text = f"{said}, {format_p(p)} ({seeds}"

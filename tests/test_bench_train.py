@@ -43,3 +43,23 @@ def test_bench_train_under_load_has_the_thread_guard_row(tmp_path, capsys):
     loaded = json.loads((out / "results.json").read_text())["cpu"]["median_under_load_images_per_s"]
     assert set(loaded) == {"dyntemp fp32", "dyntemp bf16", bench.GUARDED}
     assert bench.GUARDED in capsys.readouterr().out
+
+
+def test_the_table_columns_line_up_whatever_the_row_names():
+    cpu = {
+        "model": "small",
+        "batch_size": 256,
+        "torch_threads": 2,
+        "omp_wait_policy": "(default)",
+        "native_bf16": True,
+        "median_images_per_s": {"dyntemp fp32": 1368.0, "dyntemp bf16": 3673.0, "reference": 741.0},
+        "speedup": {"dyntemp fp32": 1.85, "dyntemp bf16": 4.96},
+        "median_under_load_images_per_s": {"dyntemp bf16": 1045.0, bench.GUARDED: 1457.0},
+        "reference": "torchvision",
+    }
+    header, *rows = bench.format_table(cpu).splitlines()[1:-1]
+    ends = {len(header)} | {len(row) for row in rows}
+    assert ends == {len(header)}  # every row as long as the header: the columns align
+    assert rows[-1].startswith(bench.GUARDED + " ") and rows[-1].endswith("1457")
+    column = header.index("images/s") + len("images/s")
+    assert rows[1][:column].endswith("3673") and rows[1].endswith("1045")

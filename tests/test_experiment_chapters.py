@@ -72,13 +72,15 @@ def test_verdicts_are_holm_adjusted_tests(path: Path) -> None:
         assert "Welch" in line and "Holm-adjusted p = " in line, line
 
 
-def test_the_untrained_baseline_is_stored_for_every_cpu_seed() -> None:
+@pytest.mark.parametrize("long_tailed", [False, True], ids=["balanced", "long-tailed"])
+def test_the_untrained_baseline_is_stored_for_every_cpu_seed(long_tailed: bool) -> None:
     runs = {}
     for seed in experiments.SEEDS["cpu"]:
-        stored = experiments.untrained(seed, "cpu", compute=False)
+        stored = experiments.untrained(seed, "cpu", long_tailed=long_tailed, compute=False)
         assert stored is not None, f"seed {seed}: no untrained.json matching the cpu config"
         assert 0 < stored["knn_top1"] < 100
-        trained = experiments.load(experiments.run_dir("fixed-0.2", seed, "cpu"))
+        name = "lt-fixed-0.2" if long_tailed else "fixed-0.2"
+        trained = experiments.load(experiments.run_dir(name, seed, "cpu"))
         runs[seed] = stored
         # The same images as the runs it is the start of.
         ours, theirs = stored["provenance"]["dataset"], trained["results"]["provenance"]["dataset"]

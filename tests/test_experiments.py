@@ -61,6 +61,39 @@ def test_the_untrained_baseline_is_stored_and_reused(cifar10_root, monkeypatch, 
     assert other["config"]["seed"] == 1
 
 
+@pytest.mark.data
+def test_the_long_tailed_runs_have_their_own_untrained_baseline(
+    cifar10_root, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("DYNTEMP_SMOKE_DIR", str(tmp_path))
+    balanced = experiments.untrained(0, "smoke")
+    long_tailed = experiments.untrained(0, "smoke", long_tailed=True)
+    path = tmp_path / "untrained-lt" / "seed0" / experiments.UNTRAINED_FILE
+    assert json.loads(path.read_text())["knn_top1"] == long_tailed["knn_top1"]
+    assert long_tailed["config"]["dataset"] == "cifar10-lt"
+    assert balanced["config"]["dataset"] == "cifar10"
+    fingerprints = [
+        r["provenance"]["dataset"]["train_fingerprint"] for r in (balanced, long_tailed)
+    ]
+    assert fingerprints[0] != fingerprints[1]  # the kNN's training images differ
+    assert "long_tailed=True" in long_tailed["provenance"]["command"]
+    assert experiments.untrained(0, "smoke", long_tailed=True, compute=False) == long_tailed
+
+
+@pytest.mark.parametrize("scale", experiments.SCALES)
+def test_every_config_has_settings_at_every_scale(scale):
+    for name in experiments.CONFIGS:
+        assert experiments.steps(experiments.config(name, 0, scale)) > 0, (name, scale)
+
+
+def test_a_long_tailed_colab_run_sees_as_many_images_as_a_balanced_one():
+    def images(name: str) -> int:
+        cfg = experiments.config(name, 0, "colab")
+        return cfg.epochs * (cfg.subset or 12_406)
+
+    assert images("lt-fixed-0.2") == pytest.approx(images("fixed-0.2"), rel=0.01)
+
+
 def test_steps_of_a_run():
     assert experiments.steps(experiments.config("fixed-0.2", 0, "gpu")) == (50_000 // 128) * 200
     lt = experiments.config("lt-fixed-0.2", 0, "gpu")

@@ -128,19 +128,25 @@ def test_results_chapter_shows_the_stored_table() -> None:
     assert header[1].startswith("ours, cpu scale") and len(header) == 3  # no paper column
     lines = shown.splitlines()[2:]
 
-    # First the untrained network, read from its stored files.
-    cells = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert cells[0] == "untrained network"
+    # First the untrained network, against the balanced and the long-tailed training images,
+    # read from its stored files.
     seeds = experiments.SEEDS["cpu"]
-    stored = [_json(RESULTS / "cpu" / "untrained" / f"seed{s}" / "untrained.json") for s in seeds]
-    assert cells[1] == experiments.describe([result["knn_top1"] for result in stored])
-    targets = re.findall(r"\]\(([^)]+)\)", cells[2])
-    assert targets == [f"{repository}/tree/main/results/cpu/untrained/seed{s}" for s in seeds]
+    baselines = {
+        "untrained network": "untrained",
+        "untrained network, long-tailed bank": "untrained-lt",
+    }
+    for line, (label, folder) in zip(lines, baselines.items(), strict=False):
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[0] == label
+        stored = [_json(RESULTS / "cpu" / folder / f"seed{s}" / "untrained.json") for s in seeds]
+        assert cells[1] == experiments.describe([result["knn_top1"] for result in stored])
+        targets = re.findall(r"\]\(([^)]+)\)", cells[2])
+        assert targets == [f"{repository}/tree/main/results/cpu/{folder}/seed{s}" for s in seeds]
 
     # Then one row per config, as results_table computes it.
     rows = experiments.results_table("cpu")
-    assert len(lines) == 1 + len(rows)
-    for line, row in zip(lines[1:], rows, strict=True):
+    assert len(lines) == len(baselines) + len(rows)
+    for line, row in zip(lines[len(baselines) :], rows, strict=True):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[0] == row["label"]
         assert cells[1] == experiments.describe(row["knn_top1"])

@@ -35,6 +35,9 @@ def test_no_test_without_two_seeds_or_spread():
     flat = stats.difference([1.0, 1.0], [1.0, 1.0])
     assert flat["standard_error"] == 0 and math.isnan(flat["p_value"])
     assert "not tested (1 vs 2 seeds" in stats.verdict(stats.difference([1.0], [2.0, 3.0]))
+    said = stats.verdict(flat)
+    assert "not tested (2 vs 2 seeds, all equal on each side: no spread)" in said
+    assert "two on each side" not in said
 
 
 def test_holm_against_a_worked_example():

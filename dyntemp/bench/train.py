@@ -233,7 +233,10 @@ def compare_on_cpu(args: argparse.Namespace) -> dict:
             _time(rows[GUARDED], args.steps, device)  # untimed: the guard finds the load
             for round_index in range(args.rounds):
                 for name, steps in rows.items():
-                    guard.apply() if name == GUARDED else torch.set_num_threads(guard.threads)
+                    if name == GUARDED:
+                        guard.apply()  # its choice for the load it measured
+                    else:
+                        torch.set_num_threads(guard.threads)  # the threads it started with
                     seconds = _time(steps, args.steps, device)
                     loaded.setdefault(name, []).append(args.steps * args.batch_size / seconds)
                 said = ", ".join(f"{name} {values[-1]:.0f}" for name, values in loaded.items())
@@ -298,19 +301,20 @@ def cuda_epoch(args: argparse.Namespace, device: torch.device) -> dict:
 def format_table(cpu: dict) -> str:
     """The CPU rows: median images/s quiet (and under load), and the ratio to the reference."""
     bf16 = "native" if cpu["native_bf16"] else "emulated: this CPU has no AVX512-BF16 or AMX"
+    quiet, loaded = cpu["median_images_per_s"], cpu["median_under_load_images_per_s"]
+    width = max(len(name) + 2 for name in [*quiet, *loaded])  # every row's name fits
     lines = [
         f"{cpu['model']}, batch {cpu['batch_size']}, {cpu['torch_threads']} threads, "
         f"OMP_WAIT_POLICY {cpu['omp_wait_policy']}, bf16 {bf16}",
-        f"{'':<16}{'images/s':>10}{'x reference':>13}{'under load':>12}",
+        f"{'':<{width}}{'images/s':>10}{'x reference':>13}{'under load':>12}",
     ]
-    loaded = cpu["median_under_load_images_per_s"]
-    for name, rate in cpu["median_images_per_s"].items():
+    for name, rate in quiet.items():
         ratio = f"{cpu['speedup'][name]:.2f}x" if name in cpu["speedup"] else ""
         load = f"{loaded[name]:.0f}" if name in loaded else ""
-        lines.append(f"{name:<16}{rate:>10.0f}{ratio:>13}{load:>12}")
+        lines.append(f"{name:<{width}}{rate:>10.0f}{ratio:>13}{load:>12}")
     for name, rate in loaded.items():
-        if name not in cpu["median_images_per_s"]:  # measured under load only
-            lines.append(f"{name:<16}{'':>10}{'':>13}{rate:>12.0f}")
+        if name not in quiet:  # measured under load only
+            lines.append(f"{name:<{width}}{'':>10}{'':>13}{rate:>12.0f}")
     lines.append(f"reference: {cpu['reference']}")
     return "\n".join(lines)
 
