@@ -256,7 +256,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 3,120 SGD steps, about 3 minutes a run with bf16 on a quiet 2-core CPU; the kNN on
     # the whole test set every 2 epochs. Calibrated with fixed tau = 0.2, seed 0: lr 0.15 /
     # 0.3 / 0.6 gave 55.6 / 56.9 / 56.4 %; with crops from 0.2 of the area, 57.4 % after 8
-    # epochs and 57.7 after 12: longer runs add little to the small network.
+    # epochs and 57.7 after 12: longer runs add little to the small network. A deeper one, four
+    # convolutions (32-64-128-128), went from 37.6 % untrained to 56.6 % in 1.45 times the
+    # time: +19.0 points, against +17.9 for the study's seed-0 run (38.1 to 56.0 %).
     "cpu": {
         "model": "small",
         "epochs": 8,
