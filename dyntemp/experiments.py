@@ -201,6 +201,12 @@ def check_scale(scale: str) -> str:
     return scale
 
 
+def check_config(name: str) -> str:
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
+    return name
+
+
 def is_long_tailed(name: str) -> bool:
     """Whether config ``name`` trains on long-tailed CIFAR-10."""
     return CONFIGS[name].get("dataset") == LONG_TAILED["dataset"]
@@ -209,9 +215,7 @@ def is_long_tailed(name: str) -> bool:
 def settings(name: str, scale: str) -> dict[str, Any]:
     """The TrainConfig fields of config ``name`` at ``scale`` that differ from the defaults."""
     check_scale(scale)
-    if name not in CONFIGS:
-        raise ValueError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
-    fields = {**SCALE_SETTINGS[scale], **CONFIGS[name]}
+    fields = {**SCALE_SETTINGS[scale], **CONFIGS[check_config(name)]}
     if is_long_tailed(name):
         fields.update(LONG_TAILED_SCALE[scale])
     if fields.get("temperature") == "schedule":
@@ -231,8 +235,7 @@ def seeds(name: str, scale: str) -> tuple[int, ...]:
     """The seeds of ``name`` at ``scale``: the same for every config (the study runs the
     ablations' later seeds after all the first ones, so a stopped study has the most
     configs covered)."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
+    check_config(name)
     return SEEDS[check_scale(scale)]
 
 
@@ -501,10 +504,20 @@ def plan(names: Iterable[str], scale: str) -> str:
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "cifar10-lt": 12_406}
 
 
+# An estimate of a GPU training step at the gpu scale, until a GPU times ours: lightly's public
+# CIFAR-10 benchmark, SimCLR with a ResNet-18 for 200 epochs at batch 128 in 97.7 minutes on
+# one RTX A6000 (its kNN after every epoch included), over its steps.
+LIGHTLY_STEP_SECONDS = 97.7 * 60 / (200 * (TRAIN_IMAGES["cifar10"] // 128))
+
+
+def training_images(cfg: TrainConfig) -> int:
+    """The training images of a run of ``cfg``: its subset, else its whole data set."""
+    return cfg.subset or TRAIN_IMAGES.get(cfg.dataset, 50_000)
+
+
 def steps(cfg: TrainConfig) -> int:
     """The SGD steps of a run of ``cfg`` (one process): images per epoch over the batch."""
-    images = cfg.subset or TRAIN_IMAGES.get(cfg.dataset, 50_000)
-    return (images // cfg.batch_size) * cfg.epochs
+    return (training_images(cfg) // cfg.batch_size) * cfg.epochs
 
 
 # ----------------------------------------------------------------------------- tables
@@ -563,10 +576,7 @@ def study(scale: str, names: Sequence[str] | None = None) -> None:
     """Run every config of the study at ``scale``: the untrained baselines, the main configs
     seed by seed, then the ablations seed by seed (the first seed of every ablation before
     any second one); finished runs are skipped, so a stopped study resumes where it stopped."""
-    names = list(CONFIGS) if names is None else list(names)
-    unknown = [n for n in names if n not in CONFIGS]
-    if unknown:
-        raise ValueError(f"unknown config {unknown[0]!r}; known: {', '.join(CONFIGS)}")
+    names = list(CONFIGS) if names is None else [check_config(n) for n in names]
     main = [n for n in names if n in MAIN]
     ablations = [n for n in names if n not in MAIN]
     order = [(n, s) for s in SEEDS[scale] for n in main]
