@@ -92,6 +92,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.data
 def test_the_tiny_run_computes_what_it_did(guarded_run):
     history = runs.load(guarded_run)["metrics"]
     assert [entry["step"] for entry in history] == [STEPS // 2, STEPS]
@@ -105,6 +106,7 @@ def test_the_tiny_run_computes_what_it_did(guarded_run):
     assert squares == pytest.approx(WEIGHT_SQUARES, rel=WEIGHT_TOLERANCE), squares
 
 
+@pytest.mark.data
 def test_the_guard_sees_a_changed_computation(guarded_run, tmp_path):
     """The tolerances are tight enough: the same run with a learning rate 1 % off fails them."""
     root = Path(runs.load_config(guarded_run).data_root)
