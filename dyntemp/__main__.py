@@ -36,6 +36,8 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
     where = f"{config.out}/{runs.RESULTS_FILE}"
     accuracy = results.get("knn_top1")
     said = f"kNN top-1 {accuracy:.2f} % " if accuracy is not None else ""
+    if results.get("val_knn_top1") is not None:
+        said += f"(validation {results['val_knn_top1']:.2f} %) "
     if earlier:
         print(f"the run in {config.out} finished earlier: {said}after {results['epochs']} epochs")
     else:

@@ -61,6 +61,13 @@ class TrainConfig:
     subset: int | None = _doc(
         "train on a class-balanced subset of this many images (default: all)", default=None
     )
+    validation: int | None = _doc(
+        "hold out a class-balanced validation set of this many training images (the same for "
+        "every run): the kNN during training scores them against the other training images, "
+        "and the test set is scored once, at the end (default: none; the kNN scores the test "
+        "set)",
+        default=None,
+    )
     test_subset: int | None = _doc(
         "evaluate on a class-balanced subset of this many test images (default: all)",
         default=None,
@@ -125,6 +132,10 @@ class TrainConfig:
     batch_size: int = _doc("images per step per process (two views each)", default=128)
     optimizer: str = _doc(f"optimizer: {', '.join(optim.OPTIMIZERS)}", default="sgd")
     lr: float = _doc("peak learning rate", default=0.2)
+    lr_schedule: str = _doc(
+        f"learning-rate schedule after the warm-up: {', '.join(optim.SCHEDULES)}",
+        default="cosine",
+    )
     momentum: float = _doc("momentum (the paper's code: none)", default=0.0)
     weight_decay: float = _doc("weight decay", default=5e-4)
     warmup_epochs: float = _doc("epochs of linear learning-rate warm-up", default=0.0)
@@ -169,12 +180,13 @@ class TrainConfig:
         _choice("amp", self.amp, AMP_MODES)
         _choice("channels_last", self.channels_last, CHANNELS_LAST_MODES)
         _choice("method", self.method, METHODS)
+        _choice("lr_schedule", self.lr_schedule, optim.SCHEDULES)
         for name in ("epochs", "batch_size", "projector_hidden_dim", "projector_dim", "knn_k"):
             _integer(name, getattr(self, name), low=1)
         _integer("epochs", self.epochs, high=MAX_EPOCHS)
         _integer("seed", self.seed, low=0, high=MAX_SEED)
         _integer("eval_every", self.eval_every, low=0)
-        for name in ("subset", "test_subset"):
+        for name in ("subset", "test_subset", "validation"):
             if getattr(self, name) is not None:
                 _integer(name, getattr(self, name), low=1)
         _number("lr", self.lr, positive=True)

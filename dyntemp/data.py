@@ -283,6 +283,46 @@ def _balanced_subset(dataset: ImageDataset, n: int, subset_name: str, where: str
     return dataset.select(torch.sort(torch.cat(keep)).values)
 
 
+#: The seed of the validation split: one split for every run, whatever the run's seed.
+VALIDATION_SEED = 20_231_201
+
+
+def validation_split(
+    dataset: ImageDataset, n: int, *, name: str = "validation"
+) -> tuple[ImageDataset, ImageDataset]:
+    """``(rest, held_out)``: a class-balanced random ``n`` images held out, and the others.
+
+    Each class gives ``n // C`` images (one more for the first ``n % C`` classes), drawn by
+    a generator seeded with ``VALIDATION_SEED``, so the split is the same for every run and
+    machine; both parts keep the dataset's order. ``name`` is what errors call ``n``.
+
+    >>> images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 2, 2)
+    >>> toy = ImageDataset(images.contiguous(), torch.arange(20) % 2, ["a", "b"], "toy")
+    >>> rest, held_out = validation_split(toy, 4)
+    >>> len(rest), len(held_out), held_out.labels.tolist()
+    (16, 4, [0, 1, 0, 1])
+    """
+    _check_count(n, name)
+    if n >= len(dataset):
+        raise ValueError(f"{name} must be below {len(dataset)}, the images of {dataset.name}")
+    generator = torch.Generator().manual_seed(VALIDATION_SEED)
+    classes = torch.unique(dataset.labels)
+    chosen = []
+    for g, label in enumerate(classes.tolist()):
+        quota = n // len(classes) + (g < n % len(classes))
+        members = torch.nonzero(dataset.labels == label).flatten()
+        if quota >= len(members):
+            raise ValueError(
+                f"{name} {n} needs {quota} images of each of {len(classes)} classes, and "
+                f"{dataset.name} has {len(members)} of class {label}: too few to train on"
+            )
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:quota]])
+    held = torch.zeros(len(dataset), dtype=torch.bool)
+    held[torch.cat(chosen)] = True
+    index = torch.arange(len(dataset))
+    return dataset.select(index[~held]), dataset.select(index[held])
+
+
 # -- CIFAR ------------------------------------------------------------------------------------
 
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from dyntemp import runs
+from dyntemp import parts, runs
 from dyntemp import train as training
 from dyntemp.augment import ViewBatches
 from dyntemp.config import PRESETS, TrainConfig
@@ -354,8 +354,8 @@ def evaluate_folder(folder: str | os.PathLike, *, tsne: bool = True) -> None:
         return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg, model, _ = run_metrics.load_run(folder, device)
-    _, test_set = training.load_data(cfg)
-    augment = training.build_augment(cfg, test_set.images.shape[-1])
+    _, test_set = parts.load_data(cfg)
+    augment = parts.build_augment(cfg, test_set.images.shape[-1])
     view1, view2 = evaluate.extract_view_features(
         model, test_set.images, augment, seed=cfg.seed, device=device
     )
@@ -421,14 +421,12 @@ def untrained(
             return stored
     if not compute:
         return None
-    train_set, test_set = training.load_data(cfg)
+    train_set, test_set = parts.load_data(cfg)
     device = distributed.choose_device(cfg.device)
     torch.manual_seed(cfg.seed)  # the initial weights every run of this seed starts from
-    model = training.build_model(cfg).to(device)
-    augment = training.build_augment(cfg, train_set.images.shape[-1])
-    accuracy = training.knn_eval(
-        model.backbone, train_set.images, train_set, test_set, augment, cfg, device
-    )
+    model = parts.build_model(cfg).to(device)
+    augment = parts.build_augment(cfg, train_set.images.shape[-1])
+    (accuracy,) = parts.knn_scores(model.backbone, train_set, [test_set], augment, cfg, device)
     result = {
         "knn_top1": accuracy,
         "config": cfg.as_dict(),

@@ -3,8 +3,9 @@
 ``LARS`` is layer-wise adaptive SGD with momentum (You et al. 2017) in the form SimCLR and
 Barlow Twins use: each weight matrix's update is rescaled by
 ``trust * ||w|| / ||g + wd w||``; biases and BatchNorm parameters (the 1-d ones) get neither
-weight decay nor the rescaling. ``cosine_lr`` is the cosine decay with a linear warm-up,
-evaluated every step.
+weight decay nor the rescaling. ``learning_rate`` is the schedule, evaluated every step:
+``cosine`` (``cosine_lr``, the cosine decay to zero) or ``constant``, each after a linear
+warm-up.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 OPTIMIZERS = ("sgd", "lars")
+SCHEDULES = ("cosine", "constant")
 
 
 class LARS(torch.optim.Optimizer):
@@ -102,3 +104,24 @@ def cosine_lr(step: int, total_steps: int, base_lr: float, warmup_steps: int = 0
     decay_steps = max(1, total_steps - warmup_steps)
     fraction = min(1.0, (step - warmup_steps) / decay_steps)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * fraction))
+
+
+def learning_rate(
+    schedule: str, step: int, total_steps: int, base_lr: float, warmup_steps: int = 0
+) -> float:
+    """Learning rate at ``step`` of ``schedule`` (one of ``SCHEDULES``).
+
+    ``cosine``: ``cosine_lr``. ``constant``: the same linear warm-up, then ``base_lr``
+    throughout (a pilot run's curve then shows what longer training buys, not the decay).
+
+    >>> learning_rate("constant", 9, 10, 0.3), learning_rate("cosine", 5, 10, 0.2)
+    (0.3, 0.1)
+    """
+    if schedule == "cosine":
+        return cosine_lr(step, total_steps, base_lr, warmup_steps)
+    if schedule != "constant":
+        known = ", ".join(SCHEDULES)
+        raise ValueError(f"unknown --lr-schedule {schedule!r}; choose one of {known}")
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    return base_lr

@@ -26,7 +26,7 @@ import torch
 
 from dyntemp import distributed, evaluate, runs
 from dyntemp.config import TrainConfig
-from dyntemp.train import build_augment, build_model, load_data
+from dyntemp.parts import build_augment, build_model, load_data
 
 MAJORITY_K = (1, 10, 200)
 

@@ -26,12 +26,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from dyntemp import data, distributed, evaluate, models, optim, provenance, runs, temperature
+from dyntemp import distributed, models, optim, provenance, runs, temperature
 from dyntemp.augment import SimCLRAugment, ViewBatches
 from dyntemp.config import PRESETS, TrainConfig, preset
 from dyntemp.cpu_share import ThreadGuard
 from dyntemp.loss import ntxent
 from dyntemp.moco import MoCo, symmetric_moco_loss
+from dyntemp.parts import (
+    Splits,
+    amp_dtype,
+    build_augment,
+    build_model,
+    knn_scores,
+    load_splits,
+    use_channels_last,
+)
 
 __all__ = ["PRESETS", "NonFiniteLossError", "Run", "TrainConfig", "preset", "train"]
 
@@ -40,102 +49,6 @@ LOG_EVERY = 25  # steps between progress-bar updates and non-finite checks
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-# ----------------------------------------------------------------------------- pieces
-
-
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``mode`` on ``device`` (None: full float32).
-
-    auto on CUDA: bf16 on compute capability >= 8.0, fp16 below (a Colab T4, 7.5, says it
-    supports bf16, through slow emulation: the capability decides). auto on a CPU: bf16
-    where the processor computes it natively (AVX512-BF16, AMX), else none.
-    """
-    if mode == "off":
-        return None
-    if device.type != "cuda":
-        if mode == "fp16":
-            raise ValueError(f"--amp fp16 needs a CUDA device, not {device}")
-        if mode == "bf16" or provenance.native_bf16_cpu():
-            return torch.bfloat16
-        return None
-    if mode == "bf16":
-        return torch.bfloat16
-    if mode == "fp16":
-        return torch.float16
-    major, _ = torch.cuda.get_device_capability(device)
-    return torch.bfloat16 if major >= 8 else torch.float16
-
-
-def use_channels_last(mode: str, device: torch.device, dtype: torch.dtype | None) -> bool:
-    """auto: on CUDA, and on a CPU with bf16 (where it pays; in fp32 it does not)."""
-    if mode != "auto":
-        return mode == "on"
-    return device.type == "cuda" or dtype == torch.bfloat16
-
-
-def build_model(config: TrainConfig) -> models.SimCLRModel:
-    """Backbone and projector as the config says (initialised from the global RNG)."""
-    backbone = models.build(config.model, stem=config.stem)
-    projector = models.Projector(
-        backbone.feature_dim, config.projector_hidden_dim, config.projector_dim
-    )
-    return models.SimCLRModel(backbone, projector)
-
-
-def build_augment(config: TrainConfig, image_size: int) -> SimCLRAugment:
-    mean, std = data.dataset_stats(config.dataset)
-    return SimCLRAugment(
-        size=image_size, scale=(config.crop_scale_min, 1.0), blur_p=config.blur, mean=mean, std=std
-    )
-
-
-def load_data(config: TrainConfig) -> tuple[data.ImageDataset, data.ImageDataset]:
-    """The training set (subset, imbalance) and the test set (test_subset)."""
-
-    def split(name: str, subset: int | None, flag: str, **options: Any) -> data.ImageDataset:
-        return data.load_dataset(
-            config.dataset,
-            config.data_root,
-            name,
-            config.download,
-            subset=subset,
-            subset_name=flag,
-            image_size=config.image_size,
-            **options,
-        )
-
-    imbalance = {} if config.imbalance is None else {"imbalance": config.imbalance}
-    train_set = split("train", config.subset, "--subset", **imbalance)
-    return train_set, split("test", config.test_subset, "--test-subset")
-
-
-def knn_eval(
-    backbone: nn.Module,
-    train_images: torch.Tensor,
-    train_set: data.ImageDataset,
-    test_set: data.ImageDataset,
-    augment: SimCLRAugment,
-    config: TrainConfig,
-    device: torch.device,
-) -> float:
-    """Weighted kNN top-1 (percent) of the test set against the training set's features.
-
-    Features are extracted in float32, as ``python -m dyntemp eval`` does, so the two agree.
-    """
-    features = [
-        evaluate.extract_features(backbone, images, augment.unaugmented, device=device)
-        for images in (train_images, test_set.images)
-    ]
-    return evaluate.knn_accuracy(
-        features[0],
-        train_set.labels,
-        features[1],
-        test_set.labels,
-        k=config.knn_k,
-        temperature=config.knn_temperature,
-    )
 
 
 # ----------------------------------------------------------------------------- a run
@@ -277,7 +190,9 @@ def start_run(config: TrainConfig, context: distributed.Context, images: torch.T
 
 def train_step(run: Run, view1: torch.Tensor, view2: torch.Tensor, step: int) -> torch.Tensor:
     """One SGD step on a batch of view pairs; returns the loss (detached, on the device)."""
-    lr = optim.cosine_lr(step, run.total_steps, run.config.lr, run.warmup_steps)
+    lr = optim.learning_rate(
+        run.config.lr_schedule, step, run.total_steps, run.config.lr, run.warmup_steps
+    )
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     views = torch.cat([view1, view2])
@@ -366,8 +281,12 @@ def train_epoch(run: Run, bar: Any = None) -> dict[str, Any]:
         "epoch": epoch + 1,
         "step": (epoch + 1) * run.steps_per_epoch,
         "loss": distributed.mean_over_ranks(loss_sum / run.steps_per_epoch, context).item(),
-        "lr": optim.cosine_lr(
-            (epoch + 1) * run.steps_per_epoch - 1, run.total_steps, run.config.lr, run.warmup_steps
+        "lr": optim.learning_rate(
+            run.config.lr_schedule,
+            (epoch + 1) * run.steps_per_epoch - 1,
+            run.total_steps,
+            run.config.lr,
+            run.warmup_steps,
         ),
         "images_per_s": run.steps_per_epoch * run.global_batch / seconds,
     }
@@ -406,14 +325,14 @@ def train(config: TrainConfig, *, command: str | None = None) -> dict[str, Any]:
     context = distributed.setup(config.device)
     try:
         amp_dtype(config.amp, context.device)  # refused here, before the folder is touched
-        train_set, test_set = load_data(config)
-        _check_sizes(config, context.world_size, len(train_set))
+        splits = load_splits(config)
+        _check_sizes(config, context.world_size, len(splits.train))
         out = Path(config.out)
         if runs.inspect(out, config, context.world_size).status == "finished":
             return runs.read_json(out / runs.RESULTS_FILE)
         holding = runs.lock(out) if context.is_main else contextlib.nullcontext()
         with holding:
-            return _train_in_folder(config, context, train_set, test_set, command)
+            return _train_in_folder(config, context, splits, command)
     finally:
         distributed.cleanup(context)
 
@@ -435,11 +354,7 @@ def _check_sizes(config: TrainConfig, world_size: int, images: int) -> None:
 
 
 def _train_in_folder(
-    config: TrainConfig,
-    context: distributed.Context,
-    train_set: data.ImageDataset,
-    test_set: data.ImageDataset,
-    command: str | None,
+    config: TrainConfig, context: distributed.Context, splits: Splits, command: str | None
 ) -> dict[str, Any]:
     out = Path(config.out)
     state = runs.inspect(out, config, context.world_size)  # again, now that the lock is held
@@ -449,39 +364,51 @@ def _train_in_folder(
     if context.is_main:
         runs.prepare(out, config, context.world_size, state)
     distributed.barrier(context)
-    run = start_run(config, context, train_set.images)
+    run = start_run(config, context, splits.train.images)
     if state.status == "resume":
         checkpoint = runs.load_checkpoint(out / runs.CHECKPOINT_FILE, context.device)
-        run.restore(checkpoint, train_set.fingerprint, out)
+        run.restore(checkpoint, splits.train.fingerprint, out)
     started = time.perf_counter()
     bar = _progress_bar(run)
     try:
         while run.epoch < config.epochs:
-            _one_epoch(run, bar, train_set, test_set)
+            _one_epoch(run, bar, splits)
     finally:
         if bar is not None:
             bar.close()  # before any message, so that it does not end up on the bar's line
-    results = _results(run, train_set, test_set, command, started)
+    results = _results(run, splits, command, started)
     if context.is_main:
         runs.atomic_write_json(out / runs.RESULTS_FILE, results)
     distributed.barrier(context)
     return results
 
 
-def _one_epoch(
-    run: Run, bar: Any, train_set: data.ImageDataset, test_set: data.ImageDataset
-) -> None:
-    """Train an epoch, evaluate if due, and (rank 0) write its checkpoint and metrics."""
+def _one_epoch(run: Run, bar: Any, splits: Splits) -> None:
+    """Train an epoch, evaluate if due, and (rank 0) write its checkpoint and metrics.
+
+    The kNN scores the validation images when the config holds some out (and the test
+    images only after the last epoch), else the test images.
+    """
     config, context = run.config, run.context
     started = time.perf_counter()
     metrics = train_epoch(run, bar)
     done = metrics["epoch"]
-    due = done == config.epochs or (config.eval_every > 0 and done % config.eval_every == 0)
+    last = done == config.epochs
+    due = last or (config.eval_every > 0 and done % config.eval_every == 0)
     if due and context.is_main:
-        backbone, device = run.model.backbone, run.images.device
-        metrics["knn_top1"] = knn_eval(
-            backbone, run.images, train_set, test_set, run.augment, config, device
+        scored = {"knn_top1": splits.test}
+        if splits.validation is not None:
+            scored = {"val_knn_top1": splits.validation, **(scored if last else {})}
+        accuracies = knn_scores(
+            run.model.backbone,
+            splits.train,
+            list(scored.values()),
+            run.augment,
+            config,
+            run.images.device,
+            bank_images=run.images,
         )
+        metrics.update(zip(scored, accuracies, strict=True))
     metrics["seconds"] = time.perf_counter() - started
     run.history.append(metrics)
     run.elapsed += metrics["seconds"]
@@ -489,7 +416,7 @@ def _one_epoch(
     if context.is_main:
         out = Path(config.out)
         try:
-            runs.save_checkpoint(out / runs.CHECKPOINT_FILE, run.state(train_set.fingerprint))
+            runs.save_checkpoint(out / runs.CHECKPOINT_FILE, run.state(splits.train.fingerprint))
             lines = "".join(json.dumps(entry) + "\n" for entry in run.history)
             runs.atomic_write_bytes(out / runs.METRICS_FILE, lines.encode())
         except OSError as error:
@@ -530,22 +457,29 @@ def _epoch_line(metrics: dict[str, Any], epochs: int) -> str:
     )
     if "tau" in metrics:
         line += f"  tau {metrics['tau']:.4f}"
+    if "val_knn_top1" in metrics:
+        line += f"  validation kNN {metrics['val_knn_top1']:.2f} %"
     if "knn_top1" in metrics:
         line += f"  kNN {metrics['knn_top1']:.2f} %"
     return line
 
 
-def _results(
-    run: Run,
-    train_set: data.ImageDataset,
-    test_set: data.ImageDataset,
-    command: str | None,
-    started: float,
-) -> dict[str, Any]:
+def _results(run: Run, splits: Splits, command: str | None, started: float) -> dict[str, Any]:
     config, context = run.config, run.context
+    train_set, test_set = splits.train, splits.test
     final = run.history[-1]
     amp = str(run.dtype).removeprefix("torch.") if run.dtype is not None else "off"
-    return {
+    dataset = {
+        "name": train_set.name,
+        "train_images": len(train_set),
+        "train_fingerprint": train_set.fingerprint,
+        "test_images": len(test_set),
+        "test_fingerprint": test_set.fingerprint,
+    }
+    if splits.validation is not None:
+        dataset["validation_images"] = len(splits.validation)
+        dataset["validation_fingerprint"] = splits.validation.fingerprint
+    results = {
         "knn_top1": final.get("knn_top1"),
         "epochs": config.epochs,
         "steps": run.total_steps,
@@ -572,12 +506,9 @@ def _results(
             "channels_last": run.channels_last,
             "wall_time_s": run.elapsed,
             "wall_time_this_process_s": time.perf_counter() - started,
-            "dataset": {
-                "name": train_set.name,
-                "train_images": len(train_set),
-                "train_fingerprint": train_set.fingerprint,
-                "test_images": len(test_set),
-                "test_fingerprint": test_set.fingerprint,
-            },
+            "dataset": dataset,
         },
     }
+    if splits.validation is not None:
+        results["val_knn_top1"] = final.get("val_knn_top1")
+    return results

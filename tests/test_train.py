@@ -15,7 +15,7 @@ import pytest
 import torch
 from fake_cifar import write_fake_cifar10
 
-from dyntemp import optim, temperature, train
+from dyntemp import data, optim, parts, runs, temperature, train
 
 
 @pytest.fixture(scope="module")
@@ -127,28 +127,28 @@ def test_mixed_precision_choice(monkeypatch):
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(provenance, "native_bf16_cpu", lambda: False)
-    assert train.amp_dtype("auto", cpu) is None
-    assert train.amp_dtype("bf16", cpu) == torch.bfloat16  # asked for: emulated, but it runs
+    assert parts.amp_dtype("auto", cpu) is None
+    assert parts.amp_dtype("bf16", cpu) == torch.bfloat16  # asked for: emulated, but it runs
     monkeypatch.setattr(provenance, "native_bf16_cpu", lambda: True)
-    assert train.amp_dtype("auto", cpu) == torch.bfloat16
-    assert train.amp_dtype("off", cpu) is None
+    assert parts.amp_dtype("auto", cpu) == torch.bfloat16
+    assert parts.amp_dtype("off", cpu) is None
     with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
-        train.amp_dtype("fp16", cpu)
+        parts.amp_dtype("fp16", cpu)
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert train.amp_dtype("auto", cuda) == torch.bfloat16
+    assert parts.amp_dtype("auto", cuda) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    assert train.amp_dtype("auto", cuda) == torch.float16  # a T4: fp16 with a GradScaler
-    assert train.amp_dtype("off", cuda) is None
+    assert parts.amp_dtype("auto", cuda) == torch.float16  # a T4: fp16 with a GradScaler
+    assert parts.amp_dtype("off", cuda) is None
 
 
 def test_channels_last_choice():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert train.use_channels_last("auto", cuda, None)
-    assert train.use_channels_last("auto", cpu, torch.bfloat16)
-    assert not train.use_channels_last("auto", cpu, None)
-    assert train.use_channels_last("on", cpu, None)
-    assert not train.use_channels_last("off", cuda, torch.bfloat16)
+    assert parts.use_channels_last("auto", cuda, None)
+    assert parts.use_channels_last("auto", cpu, torch.bfloat16)
+    assert not parts.use_channels_last("auto", cpu, None)
+    assert parts.use_channels_last("on", cpu, None)
+    assert not parts.use_channels_last("off", cuda, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- schedule, LARS
@@ -161,6 +161,14 @@ def test_cosine_schedule_with_warmup():
     assert lr[4:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
     assert optim.cosine_lr(0, 10, 0.2) == pytest.approx(0.2)
     assert optim.cosine_lr(5, 10, 0.2) == pytest.approx(0.1)
+
+
+def test_constant_schedule_keeps_the_peak_after_the_warm_up():
+    lr = [optim.learning_rate("constant", step, 10, 1.0, warmup_steps=4) for step in range(10)]
+    assert lr == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 7)
+    assert optim.learning_rate("cosine", 7, 10, 1.0, 4) == optim.cosine_lr(7, 10, 1.0, 4)
+    with pytest.raises(ValueError, match="--lr-schedule"):
+        optim.learning_rate("step", 0, 10, 1.0)
 
 
 def test_lars_step_by_hand():
@@ -449,3 +457,58 @@ def test_a_checkpoint_without_the_learned_temperature_does_not_fit(fake_root, tm
     state["temperature"] = {}
     with pytest.raises(runs.RunFolderError, match="does not fit this run"):
         train.start_run(config, context, images).restore(state, "fingerprint", tmp_path)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_held_out_images_never_reach_training(fake_root, tmp_path, monkeypatch):
+    """Every batch of views is cut from the images ViewBatches is given: record them."""
+    seen = []
+    original = train.ViewBatches.__init__
+
+    def recording(self, images, *args, **kwargs):
+        seen.append(images.clone())
+        original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(train.ViewBatches, "__init__", recording)
+    config = tiny(fake_root, tmp_path / "run", validation=50, eval_every=1)
+    results = train.train(config)
+    splits = parts.load_splits(config)
+    assert len(splits.train) == 150 and len(splits.validation) == 50
+    assert torch.bincount(splits.validation.labels).tolist() == [5] * 10
+
+    def rows(images):
+        return {bytes(image.flatten().tolist()) for image in images}
+
+    held_out = rows(splits.validation.images)
+    assert len(seen) == config.epochs
+    for images in seen:
+        assert len(images) == 150 and not rows(images) & held_out
+    # The validation images choose, every epoch; the test set is scored once, at the end.
+    metrics = runs.load(tmp_path / "run")["metrics"]
+    assert all("val_knn_top1" in entry for entry in metrics)
+    assert ["knn_top1" in entry for entry in metrics] == [False, True]
+    assert results["val_knn_top1"] == metrics[-1]["val_knn_top1"]
+    assert results["knn_top1"] == metrics[-1]["knn_top1"]
+    dataset = results["provenance"]["dataset"]
+    assert (dataset["train_images"], dataset["validation_images"]) == (150, 50)
+    assert dataset["validation_fingerprint"] == splits.validation.fingerprint
+
+
+def test_validation_split_is_fixed_balanced_and_disjoint(fake_root):
+    full = parts.load_splits(tiny(fake_root, "unused")).train
+    rest, held_out = data.validation_split(full, 30)
+    again = data.validation_split(full, 30)[1]
+    assert torch.equal(held_out.images, again.images)  # the same split every time
+    assert torch.bincount(held_out.labels).tolist() == [3] * 10
+    assert len(rest) + len(held_out) == len(full)
+    assert not {bytes(i.flatten().tolist()) for i in rest.images} & {
+        bytes(i.flatten().tolist()) for i in held_out.images
+    }
+    with pytest.raises(ValueError, match="--validation 195 needs 20 images of each"):
+        data.validation_split(full, 195, name="--validation")  # 20 of class 0: none left
+    with pytest.raises(ValueError, match="--validation must be below 200"):
+        data.validation_split(full, 200, name="--validation")
+    with pytest.raises(ValueError, match="--validation"):
+        tiny(fake_root, "out", validation=0).check()
