@@ -37,10 +37,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dyntemp import runs
+from dyntemp import runs, stored
 from dyntemp import train as training
 from dyntemp.config import PRESETS, TrainConfig
-from dyntemp.experiments import relative, results_root, train_command
+from dyntemp.experiments import relative, train_command
 
 STAGES = ("pilot", "tuning", "primary")
 VALIDATION_IMAGES = 5_000
@@ -91,7 +91,9 @@ MAX_SEEDS = 10
 
 
 def root() -> Path:
-    return results_root() / "decisive"
+    """``results/decisive``: the stored one where there is one, else where new runs go."""
+    found = stored.read_root() / "decisive"
+    return found if found.is_dir() else stored.write_root() / "decisive"
 
 
 def run_folder(stage: str, name: str, seed: int) -> Path:

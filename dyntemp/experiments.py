@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from dyntemp import parts, runs
+from dyntemp import parts, runs, stored
 from dyntemp import train as training
 from dyntemp.augment import ViewBatches
 from dyntemp.config import PRESETS, TrainConfig
@@ -242,14 +242,9 @@ def seeds(name: str, scale: str) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------- folders
 
 
-def repository_root() -> Path:
-    """The checkout holding this package (where ``results/`` lives), else the current folder."""
-    here = Path(__file__).resolve().parents[1]
-    return here if (here / "pyproject.toml").exists() else Path.cwd()
-
-
 def results_root() -> Path:
-    return repository_root() / "results"
+    """Where the stored study is read from (see ``dyntemp.stored``)."""
+    return stored.read_root()
 
 
 _smoke_root: Path | None = None
@@ -266,18 +261,17 @@ def smoke_root() -> Path:
 
 
 def run_dir(name: str, seed: int, scale: str) -> Path:
-    """``results/<scale>/<name>/seed<k>`` (a temporary folder at smoke scale)."""
-    base = smoke_root() if check_scale(scale) == "smoke" else results_root() / scale
-    return base / name / f"seed{seed}"
+    """``results/<scale>/<name>/seed<k>``: the stored folder where there is one, else where
+    a new run goes (``dyntemp.stored.write_root``; a temporary folder at smoke scale)."""
+    if check_scale(scale) == "smoke":
+        return smoke_root() / name / f"seed{seed}"
+    found = results_root() / scale / name / f"seed{seed}"
+    return found if found.is_dir() else stored.write_root() / scale / name / f"seed{seed}"
 
 
 def relative(path: str | os.PathLike) -> str:
-    """``path`` relative to the repository root, with forward slashes (for links and text)."""
-    path = Path(path).resolve()
-    try:
-        return path.relative_to(repository_root()).as_posix()
-    except ValueError:
-        return path.as_posix()
+    """``path`` as the repository names it (``results/...``), with forward slashes."""
+    return stored.relative(path)
 
 
 def train_command(cfg) -> str:
