@@ -107,3 +107,68 @@ def verdict(
     text += ")" if adjusted_p is None else f"; Holm-adjusted {format_p(adjusted_p)})"
     outcome = "different" if decisive < level else "not shown to differ"
     return f"{text}: {outcome} at the {level:g} level"
+
+
+def interval(gap: dict[str, Any], confidence: float = 0.95) -> tuple[float, float]:
+    """The two-sided ``confidence`` interval of Welch's difference (NaN where untestable).
+
+    >>> low, high = interval(difference([2.0, 3.0, 4.0], [1.0, 2.0, 3.0]))
+    >>> round(low, 3), round(high, 3)
+    (-1.267, 3.267)
+    """
+    if math.isnan(gap.get("df", math.nan)):
+        return math.nan, math.nan
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.5 + confidence / 2, gap["df"])) * gap["standard_error"]
+    return gap["difference"] - half, gap["difference"] + half
+
+
+def equivalence(gap: dict[str, Any], margin: float) -> dict[str, Any]:
+    """Two one-sided tests (TOST) of ``|difference| < margin`` on Welch's statistic.
+
+    ``p_value`` is the larger of the two one-sided p-values: below the level, the
+    difference is shown to lie inside (-margin, +margin), which is the same as the
+    ``1 - 2 level`` (90 %) interval lying inside it.
+
+    >>> round(equivalence(difference([0.1, 0.3, 0.2], [0.2, 0.1, 0.3]), 1.0)["p_value"], 4)
+    0.0001
+    """
+    if math.isnan(gap.get("df", math.nan)):
+        return {"margin": margin, "p_value": math.nan}
+    from scipy import stats
+
+    lower = (gap["difference"] + margin) / gap["standard_error"]  # H0: difference <= -margin
+    upper = (gap["difference"] - margin) / gap["standard_error"]  # H0: difference >= +margin
+    p = max(float(stats.t.sf(lower, gap["df"])), float(stats.t.cdf(upper, gap["df"])))
+    return {"margin": margin, "p_value": p}
+
+
+def power(n: int, spread: float, effect: float, level: float = LEVEL) -> float:
+    """The power of a two-sided two-sample t-test with ``n`` seeds a side, a common seed
+    spread ``spread`` and a true difference ``effect`` (noncentral t, df = 2n - 2).
+
+    >>> round(power(10, 1.0, 1.0), 3)
+    0.562
+    """
+    from scipy import stats
+
+    df = 2 * n - 2
+    critical = float(stats.t.ppf(1 - level / 2, df))
+    shift = effect / (spread * math.sqrt(2 / n))
+    return float(stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift))
+
+
+def seeds_for_power(
+    spread: float, effect: float, target: float = 0.8, level: float = LEVEL, most: int = 100
+) -> int | None:
+    """The fewest seeds a side that find ``effect`` with power ``target`` (None if more than
+    ``most`` are needed).
+
+    >>> seeds_for_power(0.5, 1.0), seeds_for_power(0.8, 1.0)
+    (6, 12)
+    """
+    for n in range(2, most + 1):
+        if power(n, spread, effect, level) >= target:
+            return n
+    return None

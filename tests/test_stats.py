@@ -70,3 +70,44 @@ def test_verdict_units_digits_and_small_p():
     text = stats.verdict(gap, unit="", digits=4)
     assert text.startswith("+0.0123, p < 0.001 (Welch, 3 vs 3 seeds)")
     assert stats.format_p(0.0312) == "p = 0.031"
+
+
+def test_the_interval_matches_scipy_welch_interval():
+    from scipy import stats as scipy_stats
+
+    a, b = [56.1, 55.2, 56.9, 55.8], [55.0, 54.1, 55.9]
+    low, high = stats.interval(stats.difference(a, b))
+    expected = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((expected.low, expected.high), rel=1e-9)
+    assert math.isnan(stats.interval(stats.difference([1.0], [2.0, 3.0]))[0])
+
+
+def test_equivalence_is_the_larger_one_sided_p_and_agrees_with_the_90_interval():
+    from scipy import stats as scipy_stats
+
+    a, b = [56.1, 55.2, 56.9, 55.8, 56.0], [55.9, 55.4, 56.3, 55.5, 56.2]
+    gap = stats.difference(a, b)
+    tost = stats.equivalence(gap, 1.0)
+    # the two one-sided Welch tests, by SciPy: a - b > -1 and a - b < +1
+    above = scipy_stats.ttest_ind([x + 1.0 for x in a], b, equal_var=False, alternative="greater")
+    below = scipy_stats.ttest_ind([x - 1.0 for x in a], b, equal_var=False, alternative="less")
+    assert tost["p_value"] == pytest.approx(max(above.pvalue, below.pvalue), rel=1e-9)
+    low, high = stats.interval(gap, confidence=0.90)
+    assert (tost["p_value"] < 0.05) == (-1.0 < low and high < 1.0)
+    far = stats.difference([x + 3.0 for x in a], b)  # 3 points apart: not equivalent
+    assert stats.equivalence(far, 1.0)["p_value"] > 0.5
+
+
+def test_power_matches_a_simulation_and_the_seed_count_is_the_first_that_reaches_it():
+    import numpy as np
+    from scipy import stats as scipy_stats
+
+    rng = np.random.default_rng(0)
+    n, spread, effect, trials = 6, 0.8, 1.0, 4000
+    a = rng.normal(effect, spread, size=(trials, n))
+    b = rng.normal(0.0, spread, size=(trials, n))
+    found = scipy_stats.ttest_ind(a, b, axis=1).pvalue < 0.05
+    assert stats.power(n, spread, effect) == pytest.approx(found.mean(), abs=0.025)
+    needed = stats.seeds_for_power(0.8, 1.0)
+    assert stats.power(needed, 0.8, 1.0) >= 0.8 > stats.power(needed - 1, 0.8, 1.0)
+    assert stats.seeds_for_power(5.0, 1.0, most=10) is None
