@@ -60,9 +60,7 @@ def test_a_folder_in_the_variable_overrides_where_the_study_is_read(monkeypatch,
         stored.read_root()
 
 
-def test_an_installed_package_reads_its_copy_and_writes_beside_the_reader(
-    monkeypatch, tmp_path
-):
+def test_an_installed_package_reads_its_copy_and_writes_beside_the_reader(monkeypatch, tmp_path):
     copy = tmp_path / "site" / "_results"
     shutil.copytree(RESULTS / "cpu" / "fixed-0.2", copy / "cpu" / "fixed-0.2")
     monkeypatch.delenv(stored.ENV, raising=False)
