@@ -48,6 +48,17 @@ def _train(args: argparse.Namespace, rest: list[str]) -> int:
 def _eval(args: argparse.Namespace, rest: list[str]) -> int:
     from dyntemp import run_metrics, runs
 
+    if args.long_tail:
+        report = run_metrics.long_tail_report(
+            args.run_dir, device=args.device, data_root=args.data_root
+        )
+        for name, entry in report["classifiers"].items():
+            print(
+                f"{name:<16} top-1 {entry['top1']:6.2f} %  head {entry['head']:6.2f}  "
+                f"medium {entry['medium']:6.2f}  tail {entry['tail']:6.2f}"
+            )
+        print(f"written to {args.run_dir}/{runs.LONG_TAIL_FILE}")
+        return 0
     metrics = run_metrics.evaluate_run(
         args.run_dir,
         linear=args.linear,
@@ -155,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--unfinished",
         action="store_true",
         help="evaluate the last checkpoint of an unfinished run",
+    )
+    evaluate.add_argument(
+        "--long-tail",
+        action="store_true",
+        help="only the long-tailed protocol: majority 1-NN and 10-NN and the weighted 200-NN, "
+        "overall, per class and over head / medium / tail classes; writes RUN_DIR/longtail.json",
     )
     evaluate.set_defaults(handler=_eval)
     bench = commands.add_parser("bench", help="benchmarks, side by side in one run")

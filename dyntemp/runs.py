@@ -39,9 +39,17 @@ METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 EVAL_FILE = "eval.json"
 EMBEDDING_FILE = "embedding.json"
+LONG_TAIL_FILE = "longtail.json"
 LOCK_FILE = ".lock"
 #: The files a run writes after its config, in the order they appear.
-RUN_FILES = (CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE, EVAL_FILE, EMBEDDING_FILE)
+RUN_FILES = (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    RESULTS_FILE,
+    EVAL_FILE,
+    EMBEDDING_FILE,
+    LONG_TAIL_FILE,
+)
 #: The evaluations of a finished run.
 EVALUATION_FILES = (EVAL_FILE, EMBEDDING_FILE)
 #: Settings that may differ between a run and its continuation (where and how it runs).
@@ -244,7 +252,7 @@ def clear(folder: Path) -> None:
 
 def clear_evaluations(folder: Path) -> None:
     """Remove evaluations, which would describe other weights once training goes on."""
-    for name in EVALUATION_FILES:
+    for name in (*EVALUATION_FILES, LONG_TAIL_FILE):
         (folder / name).unlink(missing_ok=True)
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from fake_cifar import write_fake_cifar10
 
 from dyntemp.__main__ import main
@@ -88,6 +89,40 @@ def test_eval_computes_every_metric(finished_run, capsys):
     assert sum(histograms["positive"]) == 100  # one per test image
     assert sum(histograms["same_class"]) == 10 * (10 * 9 // 2)
     assert sum(histograms["other_class"]) == 100 * 99 // 2 - 10 * (10 * 9 // 2)
+
+
+def test_eval_long_tail_scores_head_medium_and_tail_as_the_paper(fake_root, tmp_path, capsys):
+    from dyntemp import evaluate, run_metrics
+
+    out = tmp_path / "lt"
+    lt = ["--dataset", "cifar10-lt", "--imbalance", "0.1", "--batch-size", "20"]
+    assert main(["train", "--data-root", str(fake_root), *TINY, *lt, "--out", str(out)]) == 0
+    assert main(["eval", str(out), "--long-tail", "--device", "cpu"]) == 0
+    assert "majority 1-NN" in capsys.readouterr().out
+    report = json.loads((out / "longtail.json").read_text())
+    counts = report["train_counts"]
+    assert counts == sorted(counts, reverse=True) and counts[0] == 20 and counts[-1] == 2
+    assert report["groups"]["head"] == report["classes"][:3]
+    assert report["groups"]["tail"] == report["classes"][7:]
+    assert set(report["classifiers"]) == {"weighted 200-NN", "majority 1-NN", "majority 10-NN"}
+    # recomputed independently: majority 1-NN, per class, from the run's own features
+    config, model, _ = run_metrics.load_run(out)
+    train_set, test_set = run_metrics.load_data(config)
+    augment = run_metrics.build_augment(config, 32)
+    bank, queries = (
+        evaluate.extract_features(model.backbone, images, augment.unaugmented)
+        for images in (train_set.images, test_set.images)
+    )
+    nearest = (
+        torch.nn.functional.normalize(queries, dim=1) @ torch.nn.functional.normalize(bank, dim=1).T
+    ).argmax(dim=1)
+    correct = train_set.labels[nearest] == test_set.labels
+    one = report["classifiers"]["majority 1-NN"]
+    assert one["top1"] == pytest.approx(100.0 * correct.float().mean().item())
+    per_class = [100.0 * correct[test_set.labels == c].float().mean().item() for c in range(10)]
+    assert one["per_class"] == pytest.approx(per_class)
+    assert one["tail"] == pytest.approx(sum(per_class[7:]) / 3)
+    assert report["provenance"]["command"].endswith("--long-tail")
 
 
 def exit_code(arguments: list[str]) -> int:
