@@ -6,7 +6,10 @@ chapter that proves it builds it, and asserted before it is written out. Running
     python book/glance.py
 
 rewrites ``book/glance.md``; ``tests/test_book_glance.py`` fails when the page is stale or
-links to a section that does not exist.
+links to a section that does not exist. A row links to its section by the anchor that MyST
+derives from the section's heading (``myst_heading_anchors``), so the chapters carry no
+labels of their own and read the same in Jupyter; renaming a heading breaks the link, and
+the book's build (``-W``) says so.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ PAGE = Path(__file__).with_name("glance.md")
 
 @dataclass(frozen=True)
 class Result:
-    label: str  # the MyST label of the section that proves it
+    anchor: str  # the heading anchor of the section that proves it, as MyST derives it
     chapter: str  # notebooks/<name>, without suffix
     claim: str  # one line of prose
     statement: sp.Basic  # the SymPy object, already checked
@@ -43,7 +46,7 @@ def _results() -> list[Result]:
     L, T = sp.Symbol(r"\mathcal{L}"), sp.Symbol(r"\tau")
     found.append(
         Result(
-            "sec-01-ntxent",
+            "instance-discrimination",
             "notebooks/01_contrastive_learning",
             "At a very large temperature NT-Xent is the log of the number of candidates.",
             sp.Eq(sp.Limit(L, T, sp.oo), sp.log(2 * N - 1)),
@@ -54,7 +57,7 @@ def _results() -> list[Result]:
     assert abs(sp.N(sp.log(mean) - sp.log(sp.exp(-4) * sp.besseli(0, 4)), 30)) < 1e-25
     found.append(
         Result(
-            "sec-01-uniformity",
+            "alignment-and-uniformity",
             "notebooks/01_contrastive_learning",
             "The uniformity of the uniform distribution on the circle.",
             sp.Eq(
@@ -73,13 +76,13 @@ def _results() -> list[Result]:
     Pp, Pj = sp.Symbol("P_p"), sp.Symbol("P_j")
     found += [
         Result(
-            "sec-02-anchor",
+            "one-anchor-symbolically",
             "notebooks/02_gradients_of_ntxent",
             "The positive is pulled in proportion to the softmax weight it lacks.",
             sp.Eq(sp.Derivative(ell, s_p), -(1 - Pp) / tau),
         ),
         Result(
-            "sec-02-anchor",
+            "one-anchor-symbolically",
             "notebooks/02_gradients_of_ntxent",
             "Each negative is pushed in proportion to its softmax weight.",
             sp.Eq(sp.Derivative(ell, s_j), Pj / tau),
@@ -90,7 +93,7 @@ def _results() -> list[Result]:
     assert sp.simplify(sum(sp.diff(full, x) for x in negatives) + sp.diff(full, s_p)) == 0
     found.append(
         Result(
-            "sec-02-anchor",
+            "one-anchor-symbolically",
             "notebooks/02_gradients_of_ntxent",
             "The pull on the positive balances the total push on the negatives.",
             sp.Eq(
@@ -108,13 +111,13 @@ def _results() -> list[Result]:
     assert sp.limit(sp.exp(delta / tau), tau, sp.oo) == 1
     found += [
         Result(
-            "sec-02-hardness",
+            "hardness-awareness",
             "notebooks/02_gradients_of_ntxent",
             "Hardness-awareness: two negatives are pushed in a ratio exponential in their gap.",
             sp.Eq(sp.Derivative(ell, negatives[0]) / sp.Derivative(ell, negatives[1]), ratio),
         ),
         Result(
-            "sec-02-hardness",
+            "hardness-awareness",
             "notebooks/02_gradients_of_ntxent",
             "The relative penalty of a negative is a Boltzmann distribution.",
             sp.Eq(sp.Symbol("r_1"), boltzmann),
@@ -129,7 +132,7 @@ def _results() -> list[Result]:
     assert sp.simplify(slope - multiplier / t(s)) == 0
     found.append(
         Result(
-            "sec-03-gradient",
+            "the-gradient-detached-and-in-the-graph",
             "notebooks/03_dynamic_temperature",
             "With the temperature in the graph, every gradient is the detached one times m(s).",
             sp.Eq(sp.Derivative(s / t(s), s), multiplier / t(s)),
@@ -142,7 +145,7 @@ def _results() -> list[Result]:
     assert sp.maximum(sp.diff(dystress.sympy(s), s), s, sp.Interval(0, 1)) == sp.pi / 20
     found.append(
         Result(
-            "sec-03-slopes",
+            "the-papers-slope-conditions",
             "notebooks/03_dynamic_temperature",
             "DySTreSS meets the paper's slope conditions: cooler below 0, hotter above, bounded.",
             sp.Eq(sp.Derivative(t(s), s), sp.pi / 2 * (tmax - tmin) * sp.sin(sp.pi * s)),
@@ -155,7 +158,7 @@ def _results() -> list[Result]:
     assert sp.limit(sp.diff(ode_tau, s), s, 0) == sp.Rational(1, 2)
     found.append(
         Result(
-            "sec-03-ode",
+            "where-the-cosine-comes-from",
             "notebooks/03_dynamic_temperature",
             "The temperature that gives every negative the same push delta.",
             sp.Eq(t(s), ode_tau),
@@ -170,7 +173,7 @@ def _results() -> list[Result]:
     assert sp.simplify(r_star - (sp.pi + 2) / (sp.pi - 2)) == 0
     found.append(
         Result(
-            "sec-03-increasing",
+            "when-is-the-effective-logit-increasing",
             "notebooks/03_dynamic_temperature",
             "DySTreSS's effective logit increases on [-1, 1] exactly when its range is narrow.",
             sp.Le(tmax / tmin, (sp.pi + 2) / (sp.pi - 2)),
@@ -199,13 +202,14 @@ def page() -> str:
     ]
     for result in _results():
         source = latex(result.statement)
-        lines.append(f"| {{ref}}`{result.label}` | {result.claim} | ${source}$ | `{source}` |")
+        link = f"[](../{result.chapter}.ipynb#{result.anchor})"  # the link text: the heading
+        lines.append(f"| {link} | {result.claim} | ${source}$ | `{source}` |")
     return "\n".join(lines) + "\n"
 
 
-def labels() -> list[tuple[str, str]]:
-    """(label, chapter) of every row, for the test."""
-    return [(result.label, result.chapter) for result in _results()]
+def anchors() -> list[tuple[str, str]]:
+    """(anchor, chapter) of every row, for the test."""
+    return [(result.anchor, result.chapter) for result in _results()]
 
 
 if __name__ == "__main__":
