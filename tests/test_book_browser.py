@@ -2,8 +2,9 @@
 
 Every page of ``_build/html`` is served on 127.0.0.1 and must load without console errors,
 without failed requests, and without a single request to another host; its images must be
-loaded, its formulas typeset by the local MathJax, and each chapter's Colab button must open
-that chapter's notebook on the ``main`` branch of the repository named in ``_config.yml``.
+loaded, its formulas typeset by the local MathJax, its exercises' solutions folded, and each
+chapter's Colab button must open that chapter's notebook on the ``main`` branch of the
+repository named in ``_config.yml``.
 
 Run ``make book`` first (``make test`` does). Without Chromium the test is skipped, except in
 CI, where it fails.
@@ -155,6 +156,21 @@ FIND_CAPTIONED = """() => Array.from(document.querySelectorAll("main figure")).m
 })"""
 
 
+def _solutions(source: Path) -> list[str]:
+    """The summaries of the solutions a chapter folds in HTML <details>, in order."""
+    if source.suffix != ".ipynb":
+        return []
+    cells = json.loads(source.read_text())["cells"]
+    prose = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return re.findall(r"<summary>(Solution to exercise [\d.]+)</summary>", prose)
+
+
+# The solutions on the page: their summary, and whether they are open.
+FIND_SOLUTIONS = """() => Array.from(document.querySelectorAll("main details > summary"))
+  .filter((summary) => summary.textContent.trim().startsWith("Solution to exercise"))
+  .map((summary) => [summary.textContent.trim(), summary.parentElement.open])"""
+
+
 PAGES = [f"{doc}.html" for doc in _toc_files()] + ["index.html", "genindex.html", "search.html"]
 
 
@@ -265,6 +281,13 @@ def test_page_in_browser(site: str, browser, page_path: str) -> None:  # noqa: A
                     text and caption.split("`")[0].strip()[:40] in text and alt == seen_alt
                     for text, seen_alt in captioned
                 ), f"{page_path}: figure {caption[:40]!r} without its caption or alt text"
+
+    if source is not None:
+        solutions = page.evaluate(FIND_SOLUTIONS)
+        assert [summary for summary, _ in solutions] == _solutions(source), (
+            f"{page_path}: solutions {solutions}"
+        )
+        assert not any(is_open for _, is_open in solutions), f"{page_path}: a solution is open"
 
     colab_links = page.eval_on_selector_all(f"a[href^='{COLAB}']", "els => els.map(e => e.href)")
     if source is not None and source.suffix == ".ipynb":
