@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ from dyntemp import train as training
 from dyntemp.config import PRESETS, TrainConfig
 from dyntemp.experiments import relative, train_command
 
-STAGES = ("pilot", "tuning", "primary")
+STAGES = ("pilot", "tuning", "spread", "primary", "longtail")
 VALIDATION_IMAGES = 5_000
 
 # What every run shares: the cpu scale's network and optimiser, the validation split, one
@@ -81,6 +82,54 @@ ARMS: dict[str, dict[str, dict[str, Any]]] = {
 }
 LR_GRID = (0.15, 0.3, 0.6)
 TUNING_SEED = 0
+#: The seed spread that sizes the primary stage: the pilot's config at the chosen length
+#: (its tuning run is seed 0) with these seeds as well.
+SPREAD = ("fixed-0.2", 0.3)
+SPREAD_SEEDS = (1, 2)
+
+# The primary test, as the plan file states it before the first primary run.
+PRIMARY_EFFECT = 1.0  # points of test kNN top-1: the difference the seeds are sized to find
+PRIMARY_POWER = 0.8
+EQUIVALENCE_MARGIN = 1.0  # points: the equivalence test's margin
+LEVEL = 0.05
+PLAN_FILE = "plan.json"
+
+# CIFAR-10-LT the paper's way: the cpu study's long-tailed scale (all 12,406 images, 32
+# epochs of batch 128), scored by majority 1-NN and 10-NN and by head / medium / tail
+# (``python -m dyntemp eval --long-tail``). Kukleva et al.'s schedule twice: with the period
+# the DySTreSS comparison implies (400 epochs in a 200-epoch run: twice the run's length,
+# tau falls from 1.0 to 0.1 once), and with the period of its authors' code (t_max = 200,
+# a period of 400 epochs in a 2000-epoch run: a fifth of the run, five cycles).
+LONG_TAIL_BASE: dict[str, Any] = {
+    **PRESETS["cpu"],
+    "dataset": "cifar10-lt",
+    "imbalance": 0.01,
+    "epochs": 32,
+    "eval_every": 4,
+    "amp": "bf16",
+    "channels_last": "on",
+    "progress": False,
+}
+LONG_TAIL: dict[str, dict[str, Any]] = {
+    "dystress-0.1-0.2": {"temperature": "dystress", "tau_min": 0.1, "tau_max": 0.2},
+    "fixed-0.2": {"temperature": "fixed", "tau": 0.2},
+    "schedule-paper": {"temperature": "schedule", "tau_min": 0.1, "tau_max": 1.0, "period": 64.0},
+    "schedule-source": {
+        "temperature": "schedule",
+        "tau_min": 0.1,
+        "tau_max": 1.0,
+        "period": 6.4,
+    },
+}
+LONG_TAIL_SEEDS = (0, 1, 2)
+#: The long-tailed family, fixed before its runs: DySTreSS against each other rule, on each
+#: of the paper's two classifiers, Welch over the 3 seeds, Holm-adjusted over the family.
+#: Secondary: with 3 seeds a side these tests find only large differences.
+LONG_TAIL_FAMILY = {
+    "reference": "dystress-0.1-0.2",
+    "others": ("fixed-0.2", "schedule-paper", "schedule-source"),
+    "measures": ("majority 1-NN", "majority 10-NN"),
+}
 
 #: The budget of the whole experiment (pilot, tuning, primary), in SGD steps of batch 128.
 BUDGET_STEPS = 400_000
@@ -126,6 +175,25 @@ def primary_config(candidate: str, lr: float, epochs: int, seed: int) -> TrainCo
     return _config("primary", candidate, seed, changes)
 
 
+def spread_configs(epochs: int) -> list[TrainConfig]:
+    """The spread stage: the pilot's config at length ``epochs`` with ``SPREAD_SEEDS``."""
+    candidate, lr = SPREAD
+    changes = {**_candidate(candidate), "lr": lr, "epochs": epochs}
+    name = tuning_name(candidate, lr)
+    return [_config("spread", name, seed, changes) for seed in SPREAD_SEEDS]
+
+
+def long_tail_configs() -> list[TrainConfig]:
+    return [
+        TrainConfig(
+            **{**LONG_TAIL_BASE, **rule, "seed": seed},
+            out=str(run_folder("longtail", name, seed)),
+        )
+        for seed in LONG_TAIL_SEEDS
+        for name, rule in LONG_TAIL.items()
+    ]
+
+
 def _candidate(name: str) -> dict[str, Any]:
     for candidates in ARMS.values():
         if name in candidates:
@@ -142,13 +210,21 @@ def _config(stage: str, name: str, seed: int, changes: dict[str, Any]) -> TrainC
 # ----------------------------------------------------------------------------- running
 
 
-def run(cfg: TrainConfig) -> dict[str, Any]:
-    """The finished run of ``cfg``: loaded, or trained (resumed) first."""
+def run(cfg: TrainConfig, *, long_tail: bool = False) -> dict[str, Any]:
+    """The finished run of ``cfg``: loaded, or trained (resumed) first; with ``long_tail``
+    also scored the paper's way (``longtail.json``). The manifest of the stored results is
+    rewritten after each new run, so that a commit of its folder stays consistent."""
     folder = Path(cfg.out)
     if not runs.is_finished(folder):
         here = dataclasses.replace(cfg, out=os.path.relpath(folder))
         command = train_command(dataclasses.replace(cfg, out=relative(folder)))
         training.train(here, command=command)
+    if long_tail and not (folder / runs.LONG_TAIL_FILE).exists():
+        from dyntemp import run_metrics
+
+        run_metrics.long_tail_report(folder, device=cfg.device)
+    if stored.checkout() is not None:
+        stored.write_manifest(stored.checkout() / "results")
     return runs.load(folder)
 
 
@@ -205,31 +281,221 @@ def best_of_arms(epochs: int) -> dict[str, dict[str, Any]]:
                         {"candidate": candidate, "lr": lr, "val_knn_top1": results["val_knn_top1"]}
                     )
         best = max(rows, key=lambda row: row["val_knn_top1"]) if rows else None
-        table[arm] = {"runs": rows, "best": best, "complete": len(rows) == len(candidates) * 3}
+        table[arm] = {
+            "runs": rows,
+            "best": best,
+            "complete": len(rows) == len(candidates) * len(LR_GRID),
+        }
     return table
+
+
+def spread_estimate(epochs: int) -> dict[str, Any]:
+    """The seed spread of the pilot's config at ``epochs`` (tuning seed 0 and the spread
+    seeds): the test and validation kNN of each finished run and their sample spreads."""
+    from dyntemp import stats
+
+    candidate, lr = SPREAD
+    folders = [Path(tuning_config(candidate, lr, epochs).out)]
+    folders += [Path(cfg.out) for cfg in spread_configs(epochs)]
+    done = [runs.read_json(f / runs.RESULTS_FILE) for f in folders if runs.is_finished(f)]
+    test = [r["knn_top1"] for r in done]
+    validation = [r["val_knn_top1"] for r in done]
+    return {
+        "runs": [relative(f) for f in folders if runs.is_finished(f)],
+        "test_knn_top1": test,
+        "val_knn_top1": validation,
+        "test_spread": stats.mean_and_spread(test)[1] if len(test) > 1 else None,
+    }
+
+
+def stored_spread() -> dict[str, Any]:
+    """The pooled seed spread of the stored cpu study's five main configs (3 seeds each,
+    10 degrees of freedom): the same network and recipe, a better-founded spread than
+    the three runs of the spread stage alone."""
+    from dyntemp import experiments
+
+    rows = experiments.results_table("cpu", experiments.MAIN)
+    variances = [row["spread"] ** 2 for row in rows]
+    return {
+        "configs": [row["name"] for row in rows],
+        "pooled_spread": math.sqrt(sum(variances) / len(variances)),
+    }
+
+
+def primary_seeds(spread: float) -> dict[str, Any]:
+    """Seeds a side for the primary test: the fewest that find ``PRIMARY_EFFECT`` with
+    ``PRIMARY_POWER`` at ``LEVEL`` given the seed ``spread``, at most ``MAX_SEEDS``."""
+    from dyntemp import stats
+
+    needed = stats.seeds_for_power(spread, PRIMARY_EFFECT, PRIMARY_POWER, LEVEL, most=MAX_SEEDS)
+    n = MAX_SEEDS if needed is None else needed
+    return {
+        "seeds_per_arm": n,
+        "needed_for_power": needed,
+        "power_at_effect": stats.power(n, spread, PRIMARY_EFFECT, LEVEL),
+    }
+
+
+def write_plan(epochs: int, *, force: bool = False) -> dict[str, Any]:
+    """Write ``results/decisive/plan.json``: the arms (each arm's best tuning run), the
+    length, the seeds, the test and the rule of the verdict. Refuses while tuning or the
+    spread runs are unfinished, and never overwrites a plan (primary runs may exist)."""
+    from dyntemp import provenance
+
+    target = root() / PLAN_FILE
+    if target.exists() and not force:
+        raise ValueError(f"{relative(target)} exists: a plan is written once, before the runs")
+    arms = best_of_arms(epochs)
+    unfinished = [arm for arm, table in arms.items() if not table["complete"]]
+    if unfinished:
+        raise ValueError(f"the tuning of {', '.join(unfinished)} is unfinished")
+    spread = spread_estimate(epochs)
+    if len(spread["test_knn_top1"]) < 1 + len(SPREAD_SEEDS):
+        raise ValueError("the spread runs are unfinished (python -m dyntemp.decisive spread)")
+    pooled = stored_spread()
+    planning = max(spread["test_spread"], pooled["pooled_spread"])
+    seeds = primary_seeds(planning)
+    first = max(SPREAD_SEEDS) + 1  # seeds no earlier stage used
+    plan = {
+        "question": "Does DySTreSS, tuned, beat SimCLR with its best fixed temperature, "
+        "tuned the same way, in test-set kNN after training of the chosen length?",
+        "epochs": epochs,
+        "arms": {arm: table["best"] for arm, table in arms.items()},
+        "tuning": {arm: table["runs"] for arm, table in arms.items()},
+        "spread": spread,
+        "stored_spread": pooled,
+        "planning_spread": planning,
+        "planning_rule": "the larger of the spread stage's test spread and the stored cpu "
+        "study's pooled spread, so that a low estimate from three runs cannot shrink the "
+        "primary stage",
+        **seeds,
+        "seeds": list(range(first, first + seeds["seeds_per_arm"])),
+        "primary_test": {
+            "measure": "test-set weighted 200-NN top-1 (%) at the end of each run",
+            "difference": "mean(dystress) - mean(simclr)",
+            "test": f"Welch's two-sided t-test at level {LEVEL}, with its 95 % interval",
+            "effect_sized_for": PRIMARY_EFFECT,
+        },
+        "verdict_rule": [
+            f"p < {LEVEL}: the arms differ; the sign says which is better, the interval by "
+            "how much",
+            f"otherwise, TOST with margin +-{EQUIVALENCE_MARGIN} point: p < {LEVEL} says the "
+            "rules are equivalent within the margin; else the experiment is inconclusive",
+        ],
+        "secondary": "every other comparison (validation kNN, majority kNN, the long-tailed "
+        "runs) is secondary, Holm-adjusted within its family, and decides nothing",
+        "package_commit": provenance.code_version(),
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_json(target, plan)
+    return plan
+
+
+def read_plan() -> dict[str, Any]:
+    target = root() / PLAN_FILE
+    if not target.exists():
+        raise ValueError(
+            f"no plan in {relative(target)}: write it (python -m dyntemp.decisive plan) and "
+            f"commit it before the first primary run"
+        )
+    return runs.read_json(target)
+
+
+def primary_configs(plan: dict[str, Any]) -> list[TrainConfig]:
+    """The primary runs the plan names, seed by seed (both arms of a seed before the next)."""
+    return [
+        primary_config(plan["arms"][arm]["candidate"], plan["arms"][arm]["lr"], plan["epochs"], s)
+        for s in plan["seeds"]
+        for arm in ARMS
+    ]
+
+
+def primary_result(plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The primary test on the finished primary runs, decided by the plan's rule."""
+    from dyntemp import stats
+
+    plan = read_plan() if plan is None else plan
+    values: dict[str, list[float]] = {}
+    for arm, best in plan["arms"].items():
+        folders = [
+            Path(primary_config(best["candidate"], best["lr"], plan["epochs"], seed).out)
+            for seed in plan["seeds"]
+        ]
+        values[arm] = [
+            runs.read_json(folder / runs.RESULTS_FILE)["knn_top1"]
+            for folder in folders
+            if runs.is_finished(folder)
+        ]
+    gap = stats.difference(values["dystress"], values["simclr"])
+    low, high = stats.interval(gap)
+    tost = stats.equivalence(gap, EQUIVALENCE_MARGIN)
+    complete = all(len(v) == len(plan["seeds"]) for v in values.values())
+    if math.isnan(gap["p_value"]):
+        verdict = "not tested"
+    elif gap["p_value"] < LEVEL:
+        verdict = "DySTreSS better" if gap["difference"] > 0 else "SimCLR better"
+    elif tost["p_value"] < LEVEL:
+        verdict = f"equivalent within +-{EQUIVALENCE_MARGIN:g} point"
+    else:
+        verdict = "inconclusive"
+    return {
+        "values": values,
+        "complete": complete,
+        "difference": gap,
+        "interval": (low, high),
+        "equivalence": tost,
+        "verdict": verdict,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dyntemp.decisive", description=__doc__)
-    parser.add_argument("stage", choices=("pilot", "tuning", "status"))
-    parser.add_argument("--epochs", type=int, help="tuning: the training length L")
+    parser.add_argument(
+        "stage", choices=("pilot", "tuning", "spread", "longtail", "plan", "primary", "status")
+    )
+    parser.add_argument("--epochs", type=int, help="tuning, spread, plan: the length L")
     args = parser.parse_args(argv)
     try:
+        if args.stage in ("tuning", "spread", "plan") and args.epochs is None:
+            raise ValueError(f"{args.stage} needs --epochs, the length the pilot chose")
         if args.stage == "pilot":
             result = run(pilot_config())
             print(json.dumps(choose_length(curve(result["folder"])), indent=1))
-        elif args.stage == "tuning":
-            if args.epochs is None:
-                raise ValueError("tuning needs --epochs, the length the pilot chose")
-            for cfg in tuning_configs(args.epochs):
-                result = run(cfg)
-                print(f"{relative(cfg.out)}: validation {result['results']['val_knn_top1']:.2f} %")
+        elif args.stage in ("tuning", "spread", "longtail", "primary"):
+            if args.stage == "primary":
+                plan = read_plan()
+                _check_commit(plan)
+            todo = {
+                "tuning": lambda: tuning_configs(args.epochs),
+                "spread": lambda: spread_configs(args.epochs),
+                "longtail": long_tail_configs,
+                "primary": lambda: primary_configs(plan),
+            }[args.stage]()
+            for cfg in todo:
+                result = run(cfg, long_tail=args.stage == "longtail")["results"]
+                said = {k: result.get(k) for k in ("val_knn_top1", "knn_top1")}
+                print(f"{relative(cfg.out)}: {said}", flush=True)
+        elif args.stage == "plan":
+            plan = write_plan(args.epochs)
+            print(f"{relative(root() / PLAN_FILE)}: {plan['arms']}, seeds {plan['seeds']}")
         else:
             print(json.dumps(choose_length(curve(Path(pilot_config().out))), indent=1))
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_commit(plan: dict[str, Any]) -> None:
+    """The primary runs come from the package commit the plan was written with."""
+    from dyntemp import provenance
+
+    now = provenance.code_version()
+    if now != plan["package_commit"]:
+        raise ValueError(
+            f"the package is at commit {now}, the plan was written at "
+            f"{plan['package_commit']}: the primary runs come from one commit"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""The decisive comparison, end to end on tiny generated data: pilot, tuning, spread, plan,
+primary runs and the verdict, in a temporary results folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from fake_cifar import write_fake_cifar10
+
+from dyntemp import decisive, runs, stats, stored
+
+
+@pytest.fixture
+def tiny_experiment(monkeypatch, tmp_path) -> Path:
+    root = write_fake_cifar10(tmp_path / "data")
+    monkeypatch.setenv(stored.ENV, str(tmp_path / "results"))
+    (tmp_path / "results").mkdir()
+    monkeypatch.chdir(tmp_path)
+    tiny = {
+        "data_root": str(root),
+        "model": "small",
+        "validation": 50,
+        "batch_size": 50,
+        "knn_k": 10,
+        "projector_hidden_dim": 32,
+        "projector_dim": 16,
+        "amp": "off",
+        "channels_last": "off",
+        "eval_every": 1,
+        "progress": False,
+        "momentum": 0.9,
+    }
+    monkeypatch.setattr(decisive, "BASE", tiny)
+    monkeypatch.setattr(decisive, "PILOT", {**decisive.PILOT, "epochs": 4, "eval_every": 1})
+    monkeypatch.setattr(decisive, "LR_GRID", (0.1, 0.3))
+    monkeypatch.setattr(decisive, "MAX_SEEDS", 3)
+    monkeypatch.setattr(decisive, "stored_spread", lambda: {"pooled_spread": 0.1})
+    return tmp_path / "results"
+
+
+def test_the_length_is_the_shortest_whose_double_adds_less_than_a_point():
+    points = [(2, 40.0), (4, 50.0), (8, 55.0), (16, 55.8), (32, 56.0)]
+    chosen = decisive.choose_length(points)
+    assert chosen["epochs"] == 8  # 55.8 - 55.0 < 1, while 4 -> 8 gains 5
+    assert chosen["gain_of_doubling"][4] == pytest.approx(5.0)
+    assert decisive.choose_length([(2, 40.0), (4, 50.0)])["epochs"] is None
+
+
+def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
+    results = tiny_experiment / "decisive"
+    assert decisive.main(["pilot"]) == 0
+    pilot = runs.load(results / "pilot" / "fixed-0.2" / "seed0")
+    assert [m["epoch"] for m in pilot["metrics"] if "val_knn_top1" in m] == [1, 2, 3, 4]
+    assert pilot["config"]["lr_schedule"] == "constant"
+    assert "knn_top1" not in pilot["metrics"][0]  # the test set only at the very end
+    # the plan refuses until tuning and the spread runs are done
+    with pytest.raises(ValueError, match="tuning of simclr, dystress is unfinished"):
+        decisive.write_plan(2)
+    assert decisive.main(["primary"]) == 2  # no plan: one line, exit 2
+    assert decisive.main(["tuning", "--epochs", "2"]) == 0
+    assert decisive.main(["spread", "--epochs", "2"]) == 0
+    table = decisive.best_of_arms(2)
+    assert {len(table[arm]["runs"]) for arm in table} == {3 * 2, 2 * 2}
+    for arm, entry in table.items():
+        best = max(r["val_knn_top1"] for r in entry["runs"])
+        assert entry["best"]["val_knn_top1"] == best
+        assert entry["best"]["candidate"] in decisive.ARMS[arm]
+    assert decisive.main(["plan", "--epochs", "2"]) == 0
+    plan = json.loads((results / "plan.json").read_text())
+    assert plan["seeds"][0] == 3 and len(plan["seeds"]) == plan["seeds_per_arm"] <= 3
+    assert plan["planning_spread"] >= 0.1
+    with pytest.raises(ValueError, match="a plan is written once"):
+        decisive.write_plan(2)
+    assert decisive.main(["primary"]) == 0
+    result = decisive.primary_result()
+    assert result["complete"]
+    gap = stats.difference(result["values"]["dystress"], result["values"]["simclr"])
+    assert result["difference"]["difference"] == pytest.approx(gap["difference"])
+    if math.isnan(gap["p_value"]):  # the generated images are easy: often 100 % everywhere
+        assert result["verdict"] == "not tested"
+    else:
+        low, high = result["interval"]
+        assert low <= gap["difference"] <= high
+    # every run is listed in the manifest only once finished; no run shares a seed
+    primary_seeds = {json.loads((f / "config.json").read_text())["config"]["seed"]
+                     for f in (results / "primary").glob("*/seed*")}  # fmt: skip
+    assert primary_seeds == set(plan["seeds"]) and not primary_seeds & {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    ("dystress", "simclr", "verdict"),
+    [
+        ([57.0, 57.2, 56.9, 57.1], [55.0, 55.3, 55.1, 54.9], "DySTreSS better"),
+        ([55.0, 55.3, 55.1, 54.9], [57.0, 57.2, 56.9, 57.1], "SimCLR better"),
+        ([56.0, 56.2, 55.9, 56.1], [56.1, 55.9, 56.0, 56.2], "equivalent within +-1 point"),
+        ([54.0, 58.0, 55.0, 57.5], [56.0, 53.5, 58.5, 55.0], "inconclusive"),
+    ],
+)
+def test_the_plan_rule_gives_the_verdict(tiny_experiment, dystress, simclr, verdict):
+    plan = {
+        "epochs": 2,
+        "seeds": [3, 4, 5, 6],
+        "arms": {
+            "simclr": {"candidate": "fixed-0.2", "lr": 0.3},
+            "dystress": {"candidate": "dystress-0.1-0.2", "lr": 0.3},
+        },
+    }
+    for arm, values in (("dystress", dystress), ("simclr", simclr)):
+        best = plan["arms"][arm]
+        for seed, value in zip(plan["seeds"], values, strict=True):
+            cfg = decisive.primary_config(best["candidate"], best["lr"], 2, seed)
+            folder = Path(cfg.out)
+            folder.mkdir(parents=True)
+            (folder / "config.json").write_text(json.dumps({"config": cfg.as_dict()}))
+            (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 2}) + "\n")
+            (folder / "results.json").write_text(json.dumps({"knn_top1": value, "epochs": 2}))
+    result = decisive.primary_result(plan)
+    assert result["complete"] and result["verdict"] == verdict
+    assert result["values"]["dystress"] == dystress
+
+
+def test_primary_runs_refuse_another_package_commit(tiny_experiment, monkeypatch):
+    target = tiny_experiment / "decisive" / "plan.json"
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps({"package_commit": "0" * 12, "seeds": [3], "arms": {}}))
+    assert decisive.main(["primary"]) == 2
