@@ -101,6 +101,13 @@ def path(relative: str) -> Path:
     return read_root() / relative
 
 
+def locate(name: str) -> Path:
+    """The folder or file a table names: ``results/...`` is found wherever the stored
+    results are read from; any other name is a path as it stands (a smoke-scale run's
+    temporary folder, say)."""
+    return path(name.removeprefix("results/")) if name.startswith("results/") else Path(name)
+
+
 def read_json(relative: str) -> Any:
     """A stored JSON file, by its path relative to ``results/``.
 

@@ -63,6 +63,18 @@ def test_first_code_cell_installs_from_the_book_repository(path: Path) -> None:
     assert "import dyntemp" in source and "except ImportError" in source, (
         f"{path.name}: the first cell must install only when `import dyntemp` fails"
     )
+    # one quiet line, with the extra that holds what the chapters import (and SymPy's pin)
+    assert f'%pip install --quiet "dyntemp[book] @ git+{repository}"' in source, path.name
+
+
+def test_the_book_extra_pins_sympy_as_the_tests_do() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pinned = re.search(r"^sympy==([\d.]+)$", (ROOT / "requirements.txt").read_text(), re.M)
+    assert f"sympy=={pinned.group(1)}" in project["optional-dependencies"]["book"]
+    for package in ("matplotlib", "seaborn", "scikit-learn"):
+        assert any(d.startswith(package) for d in project["optional-dependencies"]["book"])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
