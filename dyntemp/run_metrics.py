@@ -18,13 +18,14 @@ only when asked (``unfinished=True``), and its eval.json says so.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dyntemp import distributed, evaluate, runs
+from dyntemp import data, distributed, evaluate, runs
 from dyntemp.config import TrainConfig
 from dyntemp.parts import build_augment, build_model, load_data
 
@@ -230,6 +231,54 @@ def runs_relative(run_dir: str | os.PathLike) -> str:
     from dyntemp import stored
 
     return stored.relative(run_dir)
+
+
+MAP_POINTS = 1_000  # test images in the 2-D map of embedding.json
+
+
+def write_embedding(
+    run_dir: str | os.PathLike, *, tsne: bool = True, device: str = "auto"
+) -> dict[str, Any]:
+    """Write ``run_dir/embedding.json``: histograms of the cosine similarities of the
+    projections of the test images (positive pairs, same-class and other-class pairs),
+    where the loss's temperature acts, and with ``tsne`` a 2-D t-SNE map of
+    ``MAP_POINTS`` test images' backbone features with their labels."""
+    device = distributed.choose_device(device)
+    config, model, _ = load_run(run_dir, device)
+    _, test_set = load_data(config)
+    augment = build_augment(config, test_set.images.shape[-1])
+    view1, view2 = evaluate.extract_view_features(
+        model, test_set.images, augment, seed=config.seed, device=device
+    )
+    histograms = evaluate.similarity_histograms(view1, view2, test_set.labels)
+    embedding: dict[str, Any] = {
+        "projector_histograms": {k: v.tolist() for k, v in histograms.items()},
+        "test_images": len(test_set),
+    }
+    if tsne:
+        points = data.balanced_subset(test_set, min(MAP_POINTS, len(test_set)))
+        features = evaluate.extract_features(
+            model.backbone, points.images, augment.unaugmented, device=device
+        )
+        embedding["tsne"] = {**tsne_map(features), "labels": points.labels.tolist()}
+        embedding["classes"] = list(test_set.classes)
+    text = json.dumps(embedding, separators=(",", ":")) + "\n"
+    runs.atomic_write_bytes(Path(run_dir) / runs.EMBEDDING_FILE, text.encode())
+    return embedding
+
+
+def tsne_map(features: torch.Tensor, seed: int = 0) -> dict[str, list[float]]:
+    """A 2-D t-SNE of L2-normalised features (scikit-learn, PCA start, fixed seed)."""
+    from sklearn.manifold import TSNE
+
+    points = torch.nn.functional.normalize(features.double(), dim=1).cpu().numpy()
+    perplexity = min(30.0, (len(points) - 1) / 3)
+    tsne = TSNE(2, perplexity=perplexity, init="pca", max_iter=500, random_state=seed)
+    xy = tsne.fit_transform(points)
+    return {
+        "x": [round(float(v), 3) for v in xy[:, 0]],
+        "y": [round(float(v), 3) for v in xy[:, 1]],
+    }
 
 
 def summary(metrics: dict[str, Any]) -> str:

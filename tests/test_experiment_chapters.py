@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dyntemp import experiments
+from dyntemp import catalogue, experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "notebooks").glob("0[6-9]_*.ipynb"))
@@ -49,7 +49,7 @@ def test_a_chapter_trains_only_when_a_scale_is_asked_for(path: Path) -> None:
     assert "train=True" not in code and "run_or_load(" not in code
     for call in re.findall(r"collect\([^)]*\)", code):
         assert "train=train" in call, call
-    assert "train = experiments.may_train()" in code
+    assert "train = catalogue.may_train()" in code
     assert "experiments.plan(" in code  # what training would take, said before it starts
 
 
@@ -75,7 +75,7 @@ def test_verdicts_are_holm_adjusted_tests(path: Path) -> None:
 @pytest.mark.parametrize("long_tailed", [False, True], ids=["balanced", "long-tailed"])
 def test_the_untrained_baseline_is_stored_for_every_cpu_seed(long_tailed: bool) -> None:
     runs = {}
-    for seed in experiments.SEEDS["cpu"]:
+    for seed in catalogue.SEEDS["cpu"]:
         stored = experiments.untrained(seed, "cpu", long_tailed=long_tailed, compute=False)
         assert stored is not None, f"seed {seed}: no untrained.json matching the cpu config"
         assert 0 < stored["knn_top1"] < 100
@@ -95,7 +95,7 @@ def test_the_untrained_baseline_is_stored_for_every_cpu_seed(long_tailed: bool) 
 def test_chapter_6_starts_every_accuracy_curve_at_the_untrained_network() -> None:
     shown = _outputs(ROOT / "notebooks" / "06_training.ipynb")
     values = [
-        experiments.untrained(s, "cpu", compute=False)["knn_top1"] for s in experiments.SEEDS["cpu"]
+        experiments.untrained(s, "cpu", compute=False)["knn_top1"] for s in catalogue.SEEDS["cpu"]
     ]
     listed = ", ".join(f"{value:.2f}" for value in values)
     assert f"untrained network      kNN top-1 (%) per seed: {listed}" in shown
@@ -120,8 +120,8 @@ def _separation(histograms: dict) -> float:
 def test_chapter_7s_backbone_exercise_states_what_the_stored_runs_show() -> None:
     # Its solution: the projections separate same-class from other-class negatives better, by
     # about 0.4 to 0.6 standard deviations against 0.3 to 0.4 for the backbone, in every run.
-    for name in experiments.MAIN:
-        for seed in experiments.SEEDS["cpu"]:
+    for name in catalogue.MAIN:
+        for seed in catalogue.SEEDS["cpu"]:
             run = experiments.load(experiments.run_dir(name, seed, "cpu"))
             backbone = _separation(run["eval"]["histograms"])
             projections = _separation(run["embedding"]["projector_histograms"])

@@ -8,15 +8,15 @@ import json
 import pytest
 import torch
 
+from dyntemp import catalogue, experiments
 from dyntemp import config as configs
-from dyntemp import experiments
 
 
 def test_every_scale_is_the_preset_of_its_name():
-    for scale in experiments.SCALES:
-        preset = configs.PRESETS[experiments.SCALE_PRESETS[scale]]
-        assert preset.items() <= experiments.SCALE_SETTINGS[scale].items(), scale
-        cfg = experiments.config("fixed-0.2", 0, scale)
+    for scale in catalogue.SCALES:
+        preset = configs.PRESETS[catalogue.SCALE_PRESETS[scale]]
+        assert preset.items() <= catalogue.SCALE_SETTINGS[scale].items(), scale
+        cfg = experiments.run_config("fixed-0.2", 0, scale)
         for key, value in preset.items():
             assert getattr(cfg, key) == value, (scale, key)
 
@@ -24,13 +24,13 @@ def test_every_scale_is_the_preset_of_its_name():
 def test_without_a_scale_the_chapters_show_the_stored_study(monkeypatch):
     monkeypatch.delenv("DYNTEMP_SCALE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a Colab GPU runtime
-    assert experiments.default_scale() == experiments.STORED_SCALE == "cpu"
-    assert not experiments.may_train()
+    assert catalogue.default_scale() == catalogue.STORED_SCALE == "cpu"
+    assert not catalogue.may_train()
     monkeypatch.setenv("DYNTEMP_SCALE", "gpu")
-    assert experiments.default_scale() == "gpu" and experiments.may_train()
+    assert catalogue.default_scale() == "gpu" and catalogue.may_train()
     monkeypatch.setenv("DYNTEMP_SCALE", "huge")
     with pytest.raises(ValueError, match="unknown scale 'huge'"):
-        experiments.default_scale()
+        catalogue.default_scale()
 
 
 def test_a_plan_counts_the_missing_runs_and_their_time(monkeypatch, tmp_path):
@@ -80,28 +80,28 @@ def test_the_long_tailed_runs_have_their_own_untrained_baseline(
     assert experiments.untrained(0, "smoke", long_tailed=True, compute=False) == long_tailed
 
 
-@pytest.mark.parametrize("scale", experiments.SCALES)
+@pytest.mark.parametrize("scale", catalogue.SCALES)
 def test_every_config_has_settings_at_every_scale(scale):
-    for name in experiments.CONFIGS:
-        assert experiments.steps(experiments.config(name, 0, scale)) > 0, (name, scale)
+    for name in catalogue.CONFIGS:
+        assert catalogue.steps(experiments.run_config(name, 0, scale)) > 0, (name, scale)
 
 
 def test_a_long_tailed_colab_run_sees_as_many_images_as_a_balanced_one():
     def images(name: str) -> int:
-        cfg = experiments.config(name, 0, "colab")
+        cfg = experiments.run_config(name, 0, "colab")
         return cfg.epochs * (cfg.subset or 12_406)
 
     assert images("lt-fixed-0.2") == pytest.approx(images("fixed-0.2"), rel=0.01)
 
 
 def test_steps_of_a_run():
-    assert experiments.steps(experiments.config("fixed-0.2", 0, "gpu")) == (50_000 // 128) * 200
-    lt = experiments.config("lt-fixed-0.2", 0, "gpu")
-    assert experiments.steps(lt) == (12_406 // 128) * 200
+    assert catalogue.steps(experiments.run_config("fixed-0.2", 0, "gpu")) == (50_000 // 128) * 200
+    lt = experiments.run_config("lt-fixed-0.2", 0, "gpu")
+    assert catalogue.steps(lt) == (12_406 // 128) * 200
 
 
-@pytest.mark.parametrize("name", list(experiments.CONFIGS))
+@pytest.mark.parametrize("name", list(catalogue.CONFIGS))
 def test_every_cpu_run_trains_at_least_3000_steps(name):
-    cfg = experiments.config(name, 0, "cpu")
-    assert experiments.steps(cfg) >= 3_000, name
+    cfg = experiments.run_config(name, 0, "cpu")
+    assert catalogue.steps(cfg) >= 3_000, name
     assert 0 < cfg.eval_every < cfg.epochs  # learning curves: the kNN every few epochs

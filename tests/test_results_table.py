@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dyntemp import experiments
+from dyntemp import catalogue, experiments, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -38,8 +38,8 @@ def _name(folder: Path) -> str:
 
 def test_the_cpu_study_is_stored() -> None:
     names = {folder.parts[-2] for folder in RUN_FOLDERS if folder.parts[-3] == "cpu"}
-    assert set(experiments.MAIN) <= names
-    for name in experiments.MAIN:
+    assert set(catalogue.MAIN) <= names
+    for name in catalogue.MAIN:
         assert len(list((RESULTS / "cpu" / name).glob("seed*/results.json"))) >= 3, name
 
 
@@ -52,7 +52,7 @@ def test_run_folder_holds_a_finished_run_with_provenance(folder: Path) -> None:
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
     # The folder holds the run its name says, finished, and its numbers agree.
-    wanted = dataclasses.asdict(experiments.config(name, seed, scale))
+    wanted = dataclasses.asdict(experiments.run_config(name, seed, scale))
     assert experiments.same_config(config, wanted)
     assert [m["epoch"] for m in metrics] == list(range(1, config["epochs"] + 1))
     assert results["epochs"] == config["epochs"]
@@ -130,7 +130,7 @@ def test_results_chapter_shows_the_stored_table() -> None:
 
     # First the untrained network, against the balanced and the long-tailed training images,
     # read from its stored files.
-    seeds = experiments.SEEDS["cpu"]
+    seeds = catalogue.SEEDS["cpu"]
     baselines = {
         "untrained network": "untrained",
         "untrained network, long-tailed bank": "untrained-lt",
@@ -139,7 +139,7 @@ def test_results_chapter_shows_the_stored_table() -> None:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[0] == label
         stored = [_json(RESULTS / "cpu" / folder / f"seed{s}" / "untrained.json") for s in seeds]
-        assert cells[1] == experiments.describe([result["knn_top1"] for result in stored])
+        assert cells[1] == stats.describe([result["knn_top1"] for result in stored])
         targets = re.findall(r"\]\(([^)]+)\)", cells[2])
         assert targets == [f"{repository}/tree/main/results/cpu/{folder}/seed{s}" for s in seeds]
 
@@ -149,7 +149,7 @@ def test_results_chapter_shows_the_stored_table() -> None:
     for line, row in zip(lines[len(baselines) :], rows, strict=True):
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[0] == row["label"]
-        assert cells[1] == experiments.describe(row["knn_top1"])
+        assert cells[1] == stats.describe(row["knn_top1"])
         targets = re.findall(r"\]\(([^)]+)\)", cells[2])
         assert targets == [f"{repository}/tree/main/{folder}" for folder in row["folders"]]
         for folder in row["folders"]:
