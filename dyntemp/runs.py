@@ -21,6 +21,7 @@ Two configs describe the same run when they agree on every setting but those in
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -81,11 +82,30 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
+#: What torch's file writer says, in a RuntimeError without an errno, when a write fails.
+WRITE_FAILED = ("file write failed", "unexpected pos", "iostream error", "no space left")
+DISK_FULL = "the write failed: the disk is full (no space left on device)"
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` atomically; ``state`` holds tensors and plain values only."""
+    """``torch.save`` atomically; ``state`` holds tensors and plain values only.
+
+    A write that fails (torch raises a RuntimeError) is an OSError with errno ENOSPC:
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> save_checkpoint(folder / "checkpoint.pt", {"epoch": 1})
+    >>> sorted(p.name for p in folder.iterdir())
+    ['checkpoint.pt']
+    """
     temporary = path.with_name(path.name + ".tmp")
     try:
-        torch.save(state, temporary)
+        try:
+            torch.save(state, temporary)
+        except RuntimeError as error:
+            if not any(text in str(error).lower() for text in WRITE_FAILED):
+                raise
+            raise OSError(errno.ENOSPC, DISK_FULL, str(temporary)) from error
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ folder holds afterwards.
 
 from __future__ import annotations
 
+import errno
 import json
 import pickle
 import shutil
@@ -212,6 +213,94 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_no_temporary(
     monkeypatch.setattr(torch, "save", real_save)
     assert main(["train", *command(fake_root, out)]) == 0  # resumes from epoch 1
     assert runs.is_finished(out)
+
+
+#: What torch.save raises when its writer cannot write (a full disk): RuntimeErrors, no errno.
+TORCH_WRITE_FAILURES = [
+    "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+    "data/3: file write failed",
+    "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598",
+    "basic_ios::clear: iostream error",
+]
+
+
+def test_torch_failing_to_write_a_checkpoint_is_one_line_saying_the_disk_is_full(
+    fake_root, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    real_save = torch.save
+    calls = []
+
+    def save_then_fail(state, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the checkpoint of epoch 2: half written, then torch's error
+            Path(path).write_bytes(b"partial")
+            raise RuntimeError(TORCH_WRITE_FAILURES[0])
+        return real_save(state, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_fail)
+    assert main(["train", *command(fake_root, out)]) == 2
+    error = one_error_line(capsys, f"cannot write epoch 2 into {out}", "the disk is full")
+    assert "no space left on device" in error and "checkpoint of epoch 1 is kept" in error
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(torch, "save", real_save)  # space freed: the rerun completes
+    assert main(["train", *command(fake_root, out)]) == 0
+    assert runs.is_finished(out)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+_real_save = torch.save
+
+
+def _torch_says(message: str):
+    def failing_save(state, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise RuntimeError(message)
+
+    return failing_save
+
+
+def _save_to_a_full_device(state, path, *args, **kwargs):
+    """torch.save's own error on a device that is always full (Linux' /dev/full)."""
+    Path(path).write_bytes(b"partial")
+    _real_save(state, "/dev/full", *args, **kwargs)
+
+
+FAILING_SAVES = [
+    *(pytest.param(_torch_says(m), id=m[-24:]) for m in TORCH_WRITE_FAILURES),
+    pytest.param(
+        _save_to_a_full_device,
+        id="/dev/full",
+        marks=pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full"),
+    ),
+]
+
+
+@pytest.mark.parametrize("failing_save", FAILING_SAVES)
+def test_a_failed_checkpoint_write_is_enospc_and_keeps_the_last(
+    failing_save, tmp_path, monkeypatch
+):
+    path = tmp_path / runs.CHECKPOINT_FILE
+    runs.save_checkpoint(path, {"epoch": 1, "model": {}})
+    before = path.read_bytes()
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="the disk is full") as caught:
+        runs.save_checkpoint(path, {"epoch": 2, "model": {"w": torch.zeros(1000)}})
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(path) + ".tmp"
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_other_errors_of_torch_save_are_not_taken_for_a_full_disk(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("cannot pickle a generator")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        runs.save_checkpoint(tmp_path / runs.CHECKPOINT_FILE, {"epoch": 1})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_second_run_in_a_locked_folder_is_refused(fake_root, tmp_path, capsys):
