@@ -1,7 +1,7 @@
-"""The parts of a run, built from its ``TrainConfig``: the data splits, the model, the views,
-the arithmetic, and the kNN score. The training loop (``dyntemp.train``), the evaluation of
-a finished run (``dyntemp.run_metrics``), the study and the benchmarks all build them here,
-so that each builds the same thing.
+"""The parts of a run, built from its ``TrainConfig``: the data splits, the model, the views
+and the kNN score (the arithmetic is ``dyntemp.precision``'s). The training loop
+(``dyntemp.train``), the evaluation of a finished run (``dyntemp.run_metrics``), the study
+and the benchmarks all build them here, so that each builds the same thing.
 
 The splits: the training images (less the validation images, when the config holds some
 out), the validation images (``--validation n``: a class-balanced n of the training images,
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dyntemp import data, evaluate, models, provenance
+from dyntemp import data, evaluate, models
 from dyntemp.augment import SimCLRAugment
 from dyntemp.config import TrainConfig
 
@@ -65,36 +65,6 @@ def load_data(config: TrainConfig) -> tuple[data.ImageDataset, data.ImageDataset
     """The training set (validation images held out) and the test set of ``config``."""
     splits = load_splits(config)
     return splits.train, splits.test
-
-
-def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``mode`` on ``device`` (None: full float32).
-
-    auto on CUDA: bf16 on compute capability >= 8.0, fp16 below (a Colab T4, 7.5, says it
-    supports bf16, through slow emulation: the capability decides). auto on a CPU: bf16
-    where the processor computes it natively (AVX512-BF16, AMX), else none.
-    """
-    if mode == "off":
-        return None
-    if device.type != "cuda":
-        if mode == "fp16":
-            raise ValueError(f"--amp fp16 needs a CUDA device, not {device}")
-        if mode == "bf16" or provenance.native_bf16_cpu():
-            return torch.bfloat16
-        return None
-    if mode == "bf16":
-        return torch.bfloat16
-    if mode == "fp16":
-        return torch.float16
-    major, _ = torch.cuda.get_device_capability(device)
-    return torch.bfloat16 if major >= 8 else torch.float16
-
-
-def use_channels_last(mode: str, device: torch.device, dtype: torch.dtype | None) -> bool:
-    """auto: on CUDA, and on a CPU with bf16 (where it pays; in fp32 it does not)."""
-    if mode != "auto":
-        return mode == "on"
-    return device.type == "cuda" or dtype == torch.bfloat16
 
 
 def build_model(config: TrainConfig) -> models.SimCLRModel:

@@ -32,15 +32,8 @@ from dyntemp.config import PRESETS, TrainConfig, preset
 from dyntemp.cpu_share import ThreadGuard
 from dyntemp.loss import ntxent
 from dyntemp.moco import MoCo, symmetric_moco_loss
-from dyntemp.parts import (
-    Splits,
-    amp_dtype,
-    build_augment,
-    build_model,
-    knn_scores,
-    load_splits,
-    use_channels_last,
-)
+from dyntemp.parts import Splits, build_augment, build_model, knn_scores, load_splits
+from dyntemp.precision import Precision, amp_dtype, by_rule, choose
 
 __all__ = ["PRESETS", "NonFiniteLossError", "Run", "TrainConfig", "preset", "train"]
 
@@ -61,8 +54,7 @@ class Run:
     config: TrainConfig
     context: distributed.Context
     rule: temperature.TemperatureRule
-    dtype: torch.dtype | None
-    channels_last: bool
+    precision: Precision  # what the steps compute in, fixed for the whole run
     images: torch.Tensor  # the training images, on the device
     augment: SimCLRAugment
     model: models.SimCLRModel
@@ -76,6 +68,14 @@ class Run:
     elapsed: float = 0.0  # seconds of training, over every resumption
     moco: MoCo | None = None  # method moco: the key encoder and the queue
     thread_guard: ThreadGuard | None = None  # on the CPU: one thread while others are busy
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return self.precision.dtype
+
+    @property
+    def channels_last(self) -> bool:
+        return self.precision.channels_last
 
     @property
     def total_steps(self) -> int:
@@ -96,6 +96,7 @@ class Run:
             "epoch": self.epoch,
             "history": self.history,
             "elapsed": self.elapsed,
+            "precision": self.precision.as_dict(),
             "dataset_fingerprint": fingerprint,
             "config": self.config.as_dict(),
         }
@@ -126,14 +127,21 @@ class Run:
         self.elapsed = float(state["elapsed"])
 
 
-def start_run(config: TrainConfig, context: distributed.Context, images: torch.Tensor) -> Run:
+def start_run(
+    config: TrainConfig,
+    context: distributed.Context,
+    images: torch.Tensor,
+    precision: Precision | None = None,
+) -> Run:
     """Model, optimiser and views of a new run on ``images`` (uint8, N x 3 x H x W), moved to
-    the context's device; everything seeded by the config."""
+    the context's device; everything seeded by the config. ``precision`` defaults to what
+    the config names, ``auto`` resolved by rule (``train`` measures instead, on a CPU)."""
     device = context.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    dtype = amp_dtype(config.amp, device)
-    channels_last = use_channels_last(config.channels_last, device, dtype)
+    if precision is None:
+        precision = by_rule(config.amp, config.channels_last, device)
+    dtype, channels_last = precision.dtype, precision.channels_last
     images = images.to(device)
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
@@ -173,8 +181,7 @@ def start_run(config: TrainConfig, context: distributed.Context, images: torch.T
         config=config,
         context=context,
         rule=rule,
-        dtype=dtype,
-        channels_last=channels_last,
+        precision=precision,
         images=images,
         augment=build_augment(config, images.shape[-1]),
         model=model,
@@ -364,9 +371,12 @@ def _train_in_folder(
     if context.is_main:
         runs.prepare(out, config, context.world_size, state)
     distributed.barrier(context)
-    run = start_run(config, context, splits.train.images)
+    checkpoint = None
     if state.status == "resume":
         checkpoint = runs.load_checkpoint(out / runs.CHECKPOINT_FILE, context.device)
+    precision = _precision(config, context, checkpoint)
+    run = start_run(config, context, splits.train.images, precision)
+    if checkpoint is not None:
         run.restore(checkpoint, splits.train.fingerprint, out)
     started = time.perf_counter()
     bar = _progress_bar(run)
@@ -381,6 +391,55 @@ def _train_in_folder(
         runs.atomic_write_json(out / runs.RESULTS_FILE, results)
     distributed.barrier(context)
     return results
+
+
+def _precision(
+    config: TrainConfig, context: distributed.Context, checkpoint: dict[str, Any] | None
+) -> Precision:
+    """The arithmetic of the run: a resumed run's own (as its checkpoint recorded it, or as
+    the rule gave it before checkpoints recorded it), else chosen now: on a CPU by timing
+    the trainer's step under each candidate (``dyntemp.precision.choose``)."""
+    if checkpoint is not None:
+        if "precision" in checkpoint:
+            return Precision.from_dict(checkpoint["precision"], source="resumed")
+        return by_rule(config.amp, config.channels_last, context.device)
+    key = {"model": config.model, "batch_size": config.batch_size, "method": config.method}
+    key["image_size"] = config.image_size
+    return choose(
+        config.amp,
+        config.channels_last,
+        context.device,
+        key,
+        lambda dtype, layout: probe_step(config, context, dtype, layout),
+    )
+
+
+def probe_step(
+    config: TrainConfig,
+    context: distributed.Context,
+    dtype: torch.dtype | None,
+    channels_last: bool,
+    steps: int = 3,
+) -> float:
+    """Images per second of the trainer's step under one arithmetic, on random images of the
+    run's size: two steps to warm up, then the fastest of ``steps``. The global RNG is left
+    as it was, so the run that follows starts exactly as without the probe."""
+    size = config.image_size or 32
+    state = torch.get_rng_state()
+    try:
+        images = torch.randint(0, 256, (2 * config.batch_size, 3, size, size), dtype=torch.uint8)
+        probe = start_run(config, context, images, Precision(dtype, channels_last, "probe"))
+        batches = ViewBatches(probe.images, config.batch_size, probe.augment, seed=0, epoch=0)
+        view1, view2 = next(iter(batches))
+        best = float("inf")
+        for step in range(2 + steps):
+            began = time.perf_counter()
+            train_step(probe, view1, view2, step).item()
+            if step >= 2:
+                best = min(best, time.perf_counter() - began)
+    finally:
+        torch.set_rng_state(state)
+    return config.batch_size / best
 
 
 def _one_epoch(run: Run, bar: Any, splits: Splits) -> None:
@@ -468,7 +527,6 @@ def _results(run: Run, splits: Splits, command: str | None, started: float) -> d
     config, context = run.config, run.context
     train_set, test_set = splits.train, splits.test
     final = run.history[-1]
-    amp = str(run.dtype).removeprefix("torch.") if run.dtype is not None else "off"
     dataset = {
         "name": train_set.name,
         "train_images": len(train_set),
@@ -502,8 +560,9 @@ def _results(run: Run, splits: Splits, command: str | None, started: float) -> d
             "device": str(context.device),
             "machine": provenance.machine(context.device),
             "world_size": context.world_size,
-            "amp": amp,
+            "amp": run.precision.amp,
             "channels_last": run.channels_last,
+            "precision": run.precision.as_dict(),
             "wall_time_s": run.elapsed,
             "wall_time_this_process_s": time.perf_counter() - started,
             "dataset": dataset,

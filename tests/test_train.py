@@ -122,38 +122,6 @@ def test_presets():
         train.preset("huge")
 
 
-def test_mixed_precision_choice(monkeypatch):
-    from dyntemp import provenance
-
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(provenance, "native_bf16_cpu", lambda: False)
-    assert parts.amp_dtype("auto", cpu) is None
-    assert parts.amp_dtype("bf16", cpu) == torch.bfloat16  # asked for: emulated, but it runs
-    monkeypatch.setattr(provenance, "native_bf16_cpu", lambda: True)
-    assert parts.amp_dtype("auto", cpu) == torch.bfloat16
-    assert parts.amp_dtype("off", cpu) is None
-    with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
-        parts.amp_dtype("fp16", cpu)
-    cuda = torch.device("cuda", 0)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert parts.amp_dtype("auto", cuda) == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    assert parts.amp_dtype("auto", cuda) == torch.float16  # a T4: fp16 with a GradScaler
-    assert parts.amp_dtype("off", cuda) is None
-
-
-def test_channels_last_choice():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert parts.use_channels_last("auto", cuda, None)
-    assert parts.use_channels_last("auto", cpu, torch.bfloat16)
-    assert not parts.use_channels_last("auto", cpu, None)
-    assert parts.use_channels_last("on", cpu, None)
-    assert not parts.use_channels_last("off", cuda, torch.bfloat16)
-
-
-# ----------------------------------------------------------------------------- schedule, LARS
-
-
 def test_cosine_schedule_with_warmup():
     lr = [optim.cosine_lr(step, 10, 1.0, warmup_steps=4) for step in range(10)]
     assert lr[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
