@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from dyntemp.temperature import Fixed, TemperatureRule
 
-__all__ = ["NTXent", "ntxent", "reference_ntxent"]
+__all__ = ["NTXent", "mean_positive_similarity", "ntxent", "pairwise_ntxent", "reference_ntxent"]
 
 
 def _as_rule(temperature: TemperatureRule | float) -> TemperatureRule:
@@ -370,6 +370,91 @@ def ntxent(
             decoupled,
             None,
             0,
+            *rule.parameters(),
+        )
+
+
+def _float_dtype(tensor: Tensor) -> torch.dtype:
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def mean_positive_similarity(queries: Tensor, keys: Tensor) -> Tensor:
+    """The mean of q_i . k_i over the rows, of unit vectors, detached (MACL's A).
+
+    >>> q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    >>> round(mean_positive_similarity(q, torch.tensor([[1.0, 1.0], [0.0, 1.0]])).item(), 4)
+    0.8536
+    """
+    dtype = _float_dtype(queries)
+    with torch.no_grad(), torch.autocast(device_type=queries.device.type, enabled=False):
+        unit_q = nn.functional.normalize(queries.to(dtype), dim=1)
+        unit_k = nn.functional.normalize(keys.to(dtype), dim=1)
+        return (unit_q * unit_k).sum(1).mean()
+
+
+def pairwise_ntxent(
+    queries: Tensor,
+    keys: Tensor,
+    negatives: Tensor,
+    temperature: TemperatureRule | float = 0.2,
+    *,
+    detach_temperature: bool = True,
+    decoupled: bool = False,
+    progress: float | None = None,
+    positive_mean: Tensor | None = None,
+) -> Tensor:
+    """InfoNCE of each query against its own key and shared negatives (MoCo's loss).
+
+    Row i has the logits [q_i . k_i, q_i . n_1, ..., q_i . n_K] / tau of unit vectors (the
+    other queries' keys are not negatives), tau the rule on each true similarity; the
+    backward is the exact analytic one of ``ntxent``. Only the queries (and a learned
+    rule's parameters) get gradients. ``decoupled`` drops the positive from the
+    denominator; ``positive_mean`` is A for the rules that read it (MACL), by default
+    ``mean_positive_similarity(queries, keys)``.
+
+    Args:
+        queries, keys: (B, D); row i of ``keys`` is query i's positive.
+        negatives: (K, D), MoCo's queue.
+
+    Returns:
+        The mean over the B queries (float32, float64 for float64 input).
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> q = torch.randn(4, 8, generator=g, requires_grad=True)
+    >>> k = q.detach() + 0.1 * torch.randn(4, 8, generator=g)
+    >>> loss = pairwise_ntxent(q, k, torch.randn(16, 8, generator=g), 0.2)
+    >>> loss.backward()
+    >>> loss.dtype, tuple(q.grad.shape)
+    (torch.float32, (4, 8))
+    """
+    if queries.dim() != 2 or keys.shape != queries.shape:
+        raise ValueError(
+            f"queries and keys must be (B, D) of one shape, got {tuple(queries.shape)} and "
+            f"{tuple(keys.shape)}"
+        )
+    if negatives.dim() != 2 or negatives.shape[1] != queries.shape[1]:
+        raise ValueError(
+            f"the negatives must be (K, {queries.shape[1]}), got {tuple(negatives.shape)}"
+        )
+    rule = _as_rule(temperature)
+    dtype = _float_dtype(queries)
+    with torch.autocast(device_type=queries.device.type, enabled=False):
+        queries, keys = queries.to(dtype), keys.detach().to(dtype)
+        if rule.needs_positive_mean and positive_mean is None:
+            positive_mean = mean_positive_similarity(queries, keys)
+        all_keys = torch.cat([keys, negatives.detach().to(dtype)])
+        positive_index = torch.arange(queries.shape[0], device=queries.device)
+        return _PairwiseNTXent.apply(
+            queries,
+            all_keys,
+            None,  # no self-pair: a query is not among the keys
+            positive_index,
+            rule,
+            progress,
+            detach_temperature,
+            decoupled,
+            positive_mean,
+            queries.shape[0],  # the batch's keys: a query's own only, the others masked
             *rule.parameters(),
         )
 

@@ -4,8 +4,8 @@ The query encoder is the trained model; the key encoder a copy of it that follow
 moving average, theta_k <- m theta_k + (1 - m) theta_q (m = 0.99 at CIFAR scale), and is
 never trained. Each query is contrasted with its own key (the positive) and the K keys of
 the queue (the negatives, K = 4,096 at CIFAR scale), the temperature rule applied pair by
-pair on the true similarities, through the loss's non-symmetric path (anchors = queries,
-keys = [key; queue], no self-pair), with its exact analytic backward.
+pair on the true similarities: ``dyntemp.loss.pairwise_ntxent`` with the queue as the
+negatives, and the loss's exact analytic backward.
 
 As the common CIFAR variants (the MoCo authors' CIFAR-10 demo, solo-learn, lightly) the
 loss is symmetrised: with q_v = f(x_v) and k_v = f_m(x_v) for the two views,
@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from dyntemp.loss import _as_rule, _PairwiseNTXent
+from dyntemp.loss import mean_positive_similarity, pairwise_ntxent
 from dyntemp.temperature import TemperatureRule
 
 __all__ = ["MoCo", "moco_loss", "symmetric_moco_loss"]
@@ -127,50 +127,32 @@ def moco_loss(
     decoupled: bool = False,
     progress: float | None = None,
 ) -> Tensor:
-    """InfoNCE of the queries (B x D, with gradient) against their keys and the queue.
+    """InfoNCE of the queries (B x D, with gradient) against their keys and the queue:
+    ``pairwise_ntxent`` with the queue as negatives.
 
-    Row i: positive keys[i], negatives the queue's rows (not the other queries' keys, as
-    MoCo's logits [q.k+, q.queue]); the rule's temperature on every
-    true similarity. Keys and queue get no gradient. ``decoupled`` drops the positive from
-    the denominator; a rule reading the mean positive similarity (MACL) gets the mean of
-    q_i . k_i over the batch (over every rank's under torch.distributed), detached.
-    Returns the mean over the B queries (float32, float64 for float64 input).
+    A rule reading the mean positive similarity (MACL) gets the mean of q_i . k_i over
+    every rank's batch under torch.distributed. Returns the mean over the B queries.
+
+    >>> q, k, queue = torch.eye(3, 4), torch.eye(3, 4), torch.eye(4)[3:]
+    >>> round(moco_loss(q, k, queue, 0.5).item(), 4)
+    0.1269
     """
-    if queries.dim() != 2 or keys.shape != queries.shape:
-        raise ValueError(
-            f"queries and keys must be (B, D) of one shape, got {tuple(queries.shape)} and "
-            f"{tuple(keys.shape)}"
-        )
-    if queue.dim() != 2 or queue.shape[1] != queries.shape[1]:
-        raise ValueError(f"the queue must be (K, {queries.shape[1]}), got {tuple(queue.shape)}")
-    rule = _as_rule(temperature)
-    dtype = torch.float64 if queries.dtype == torch.float64 else torch.float32
-    with torch.autocast(device_type=queries.device.type, enabled=False):
-        queries, keys = queries.to(dtype), keys.detach().to(dtype)
-        positive_mean = None
-        if rule.needs_positive_mean:
-            with torch.no_grad():
-                unit_q = nn.functional.normalize(queries, dim=1)
-                unit_k = nn.functional.normalize(keys, dim=1)
-                positive_mean = (unit_q * unit_k).sum(1).mean()
-                if _distributed():
-                    dist.all_reduce(positive_mean)
-                    positive_mean = positive_mean / dist.get_world_size()
-        all_keys = torch.cat([keys, queue.detach().to(dtype)])
-        positive_index = torch.arange(queries.shape[0], device=queries.device)
-        return _PairwiseNTXent.apply(
-            queries,
-            all_keys,
-            None,  # no self-pair: a query is not among the keys
-            positive_index,
-            rule,
-            progress,
-            detach_temperature,
-            decoupled,
-            positive_mean,
-            queries.shape[0],  # the batch's keys: a query's own only, the others masked
-            *rule.parameters(),
-        )
+    positive_mean = None
+    if _distributed() and isinstance(temperature, TemperatureRule):
+        if temperature.needs_positive_mean:
+            positive_mean = mean_positive_similarity(queries, keys)
+            dist.all_reduce(positive_mean)
+            positive_mean = positive_mean / dist.get_world_size()
+    return pairwise_ntxent(
+        queries,
+        keys,
+        queue,
+        temperature,
+        detach_temperature=detach_temperature,
+        decoupled=decoupled,
+        progress=progress,
+        positive_mean=positive_mean,
+    )
 
 
 def symmetric_moco_loss(

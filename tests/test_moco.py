@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from fake_cifar import write_fake_cifar10
 from host_reads import host_reads
 
+from dyntemp import loss as loss_module
 from dyntemp import moco, train
 from dyntemp import temperature as T
 
@@ -85,6 +86,73 @@ def test_matches_reference(rule, detach, decoupled):
     torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=1e-6)
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def moco_loss_as_it_was(q, k, queue, rule, *, detach=True, decoupled=False):
+    """MoCo's loss as moco.py computed it before ``pairwise_ntxent``: the private Function
+    called directly. The public entry must give the same bits."""
+    from dyntemp.loss import _PairwiseNTXent
+
+    positive_mean = None
+    if rule.needs_positive_mean:
+        with torch.no_grad():
+            unit_q = torch.nn.functional.normalize(q, dim=1)
+            unit_k = torch.nn.functional.normalize(k, dim=1)
+            positive_mean = (unit_q * unit_k).sum(1).mean()
+    positive_index = torch.arange(q.shape[0])
+    return _PairwiseNTXent.apply(
+        q, torch.cat([k, queue]), None, positive_index, rule, None, detach, decoupled,
+        positive_mean, q.shape[0], *rule.parameters(),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-graph"])
+@pytest.mark.parametrize(("rule", "decoupled"), LOSSES)
+def test_the_public_entry_gives_the_private_paths_bits(rule, detach, decoupled, dtype):
+    q, k, queue = problem(b=7, d=5, size=11, seed=3, dtype=dtype)
+    options = dict(detach_temperature=detach, decoupled=decoupled)
+    got = [loss_module.pairwise_ntxent(q, k, queue, rule, **options)]
+    got.append(moco.moco_loss(q, k, queue, rule, **options))
+    want = moco_loss_as_it_was(q, k, queue, rule, detach=detach, decoupled=decoupled)
+    params = [q, *rule.parameters()]
+    want_grads = torch.autograd.grad(want, params)
+    for loss in got:
+        assert torch.equal(loss, want)
+        for a, b in zip(torch.autograd.grad(loss, params), want_grads, strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-graph"])
+@pytest.mark.parametrize(("rule", "decoupled"), LOSSES)
+def test_the_public_entry_matches_plain_autograd_in_float64(rule, detach, decoupled):
+    q, k, queue = problem(b=6, d=4, size=10, seed=4, dtype=torch.float64)
+    twin = T.from_name({v: n for n, v in T._RULES.items()}[type(rule)], **rule.params()).to(
+        dtype=torch.float64
+    )
+    options = dict(detach_temperature=detach, decoupled=decoupled)
+    loss = loss_module.pairwise_ntxent(q, k, queue, twin, **options)
+    expected = reference(q, k, queue, twin, detach=detach, decoupled=decoupled)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    params = [q, *twin.parameters()]
+    for got, want in zip(
+        torch.autograd.grad(loss, params), torch.autograd.grad(expected, params), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_the_public_entry_checks_its_shapes_and_takes_a_given_positive_mean():
+    q, k, queue = problem()
+    with pytest.raises(ValueError, match="one shape"):
+        loss_module.pairwise_ntxent(q, k[:3], queue)
+    with pytest.raises(ValueError, match=r"the negatives must be \(K, 6\)"):
+        loss_module.pairwise_ntxent(q, k, queue[:, :4])
+    rule = T.MACL(0.1, 0.5, 0.0)
+    mean = loss_module.mean_positive_similarity(q, k)
+    default = loss_module.pairwise_ntxent(q, k, queue, rule)
+    assert torch.equal(loss_module.pairwise_ntxent(q, k, queue, rule, positive_mean=mean), default)
+    other = loss_module.pairwise_ntxent(q, k, queue, rule, positive_mean=mean - 0.3)
+    assert not torch.equal(other, default)
 
 
 def test_gradcheck_in_float64():
@@ -172,6 +240,12 @@ def global_keys():
     return torch.randn(3, WORLD * PER_RANK, 4, generator=g)  # 3 steps of k1 and k2 parts
 
 
+def macl_problem():
+    """Both ranks' queries and keys (B = WORLD x PER_RANK), and one queue."""
+    q, k, queue = problem(b=WORLD * PER_RANK, d=4, size=5, seed=9)
+    return q.detach(), k, queue
+
+
 def worker(rank: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -182,21 +256,47 @@ def worker(rank: int, init_file: str, out: str) -> None:
     for k in steps:  # this rank's shard of both views
         keys.enqueue(k[mine], 2 * k[mine])
         pointers.append(keys.pointer)
-    torch.save({"queue": keys.queue, "pointers": pointers}, os.path.join(out, f"rank{rank}.pt"))
+    q, k, queue = macl_problem()  # MACL's A: the mean positive over both ranks' queries
+    q = q[mine].requires_grad_()
+    loss = moco.moco_loss(q, k[mine], queue, T.MACL(0.1, 0.5, 0.0))
+    (grad,) = torch.autograd.grad(loss, q)
+    losses = [torch.zeros(()) for _ in range(WORLD)]
+    dist.all_gather(losses, loss.detach())
+    saved = {"queue": keys.queue, "pointers": pointers, "loss": torch.stack(losses).mean()}
+    torch.save({**saved, "grad": grad}, os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
-def test_two_processes_fill_the_queue_as_one(tmp_path):
-    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> list[dict]:
+    folder = tmp_path_factory.mktemp("moco-gloo")
+    mp.spawn(worker, args=(str(folder / "init"), str(folder)), nprocs=WORLD, join=True)
+    return [torch.load(folder / f"rank{rank}.pt") for rank in range(WORLD)]
+
+
+def test_two_processes_fill_the_queue_as_one(two_processes):
     one = moco.MoCo(tiny_model(), queue_size=16, dim=4, momentum=0.9, seed=3)
     pointers = []
     for k in global_keys():
         one.enqueue(k, 2 * k)  # 12 keys a step into 16 places: steps 2 and 3 wrap around
         pointers.append(one.pointer)
-    for rank in range(WORLD):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+    for rank, got in enumerate(two_processes):
         assert got["pointers"] == pointers == [12, 8, 4]
         assert torch.equal(got["queue"], one.queue), rank
+
+
+def test_two_processes_read_the_mean_positive_of_both(two_processes):
+    q, k, queue = macl_problem()
+    q.requires_grad_()
+    loss = moco.moco_loss(q, k, queue, T.MACL(0.1, 0.5, 0.0))
+    (grad,) = torch.autograd.grad(loss, q)
+    for rank, got in enumerate(two_processes):
+        mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+        torch.testing.assert_close(got["loss"], loss, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(got["grad"] / WORLD, grad[mine], rtol=1e-5, atol=1e-7)
+    shards = [slice(rank * PER_RANK, (rank + 1) * PER_RANK) for rank in range(WORLD)]
+    alone = [moco.moco_loss(q[s], k[s], queue, T.MACL(0.1, 0.5, 0.0)) for s in shards]
+    assert not torch.allclose(torch.stack(alone).mean(), loss)  # each rank's own A differs
 
 
 # ----------------------------------------------------------------------------- training
