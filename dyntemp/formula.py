@@ -57,7 +57,8 @@ import torch
 from sympy.printing.str import StrPrinter
 from torch import Tensor
 
-from dyntemp.temperature import TemperatureRule, _check_positive
+from dyntemp import checks
+from dyntemp.rule import TemperatureRule
 
 __all__ = ["FUNCTIONS", "PROGRESS", "S", "Formula", "parse"]
 
@@ -631,6 +632,11 @@ class Formula(TemperatureRule):
     covers, for formulas that read the progress.
     """
 
+    arguments = {
+        "formula": "tau as a formula of s and progress (epochs), e.g. '0.1 + 0.05*(1 - cos(pi*s))'",
+        "max_progress": "the last epoch the construction check covers (default: {default})",
+    }
+
     def __init__(
         self, formula: str | sp.Basic = DEFAULT, max_progress: float = DEFAULT_MAX_PROGRESS
     ) -> None:
@@ -643,7 +649,7 @@ class Formula(TemperatureRule):
                 f"formula must be a string or a SymPy expression, got {type(formula).__name__}"
             )
         self.text = " ".join(formula.split())
-        self.max_progress = _check_positive("max_progress", max_progress)
+        self.max_progress = checks.number("max_progress", max_progress, above=0)
         #: The rule as a SymPy expression of ``S`` and ``PROGRESS``.
         self.expression = parse(self.text)
         self.per_pair = S in self.expression.free_symbols

@@ -19,7 +19,13 @@ Some rules need more than the similarity: ``CosineSchedule`` reads the training
 
 Every rule is built by name with the options of the command line:
 ``from_name("exponential", tau_min=0.1, tau_max=0.2, rate=3.5)``; ``rule.params()`` gives
-them back.
+them back. ``OPTIONS`` lists the constructors' arguments with the rules that take each, read
+from their signatures, and ``option_help`` says what one means (from each rule's
+``arguments``): the command line's temperature flags are made from them.
+
+The base class ``TemperatureRule`` lives in ``dyntemp.rule``, and ``Formula``, a rule from one
+formula of s, in ``dyntemp.formula`` (which compiles SymPy expressions to torch code, the
+code the rules here run too); both are importable from here.
 
 Two rules go beyond a temperature. ``MACL`` (with ``reweight``) also weights each anchor's loss
 by the detached 1 / (1 - P_ip), and says so by its attribute ``reweight``, which the loss
@@ -33,14 +39,21 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import sympy as sp
 import torch
 from torch import Tensor, nn
 
+from dyntemp import checks
+from dyntemp.formula import Formula, S
+from dyntemp.rule import TemperatureRule
+
 __all__ = [
     "NAMES",
+    "OPTIONS",
     "CosineSchedule",
     "DySTreSS",
     "Exponential",
@@ -53,28 +66,22 @@ __all__ = [
     "ShiftedDySTreSS",
     "TemperatureRule",
     "from_name",
+    "option_help",
 ]
 
 
-def _check_finite(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _check_positive(name: str, value: float) -> float:
-    value = _check_finite(name, value)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
-def _check_range(tau_min: float, tau_max: float) -> tuple[float, float]:
-    tau_min = _check_positive("tau_min", tau_min)
-    tau_max = _check_positive("tau_max", tau_max)
-    if tau_min > tau_max:
-        raise ValueError(f"tau_min must be <= tau_max, got tau_min={tau_min} > tau_max={tau_max}")
+def _range(tau_min: float, tau_max: float) -> tuple[float, float]:
+    tau_min = checks.number("tau_min", tau_min, above=0)
+    tau_max = checks.number("tau_max", tau_max, above=0)
+    checks.at_most("tau_min", tau_min, "tau_max", tau_max)
     return tau_min, tau_max
+
+
+#: The texts of ``tau_min`` and ``tau_max``, for the rules that take both.
+_RANGE = {
+    "tau_min": "the lowest temperature (default: {default})",
+    "tau_max": "the highest temperature (default: {default})",
+}
 
 
 def _exact(name: str, value: float, symbolic: bool) -> sp.Expr:
@@ -82,138 +89,6 @@ def _exact(name: str, value: float, symbolic: bool) -> sp.Expr:
     if symbolic:
         return sp.Symbol(name, positive=True)
     return sp.Rational(repr(value))
-
-
-class TemperatureRule:
-    """Base class: ``rule(s, progress=None, positive_mean=None)`` -> temperatures."""
-
-    #: True when the temperature depends on the pair's similarity.
-    per_pair: bool = True
-    #: True when the rule reads the training progress (in epochs).
-    needs_progress: bool = False
-    #: True when the rule reads the batch's mean positive similarity.
-    needs_positive_mean: bool = False
-    #: True when each anchor's loss is weighted by the detached 1 / (1 - P_ip) (MACL).
-    reweight: bool = False
-
-    def parameters(self) -> list[nn.Parameter]:
-        """The tensors the rule learns with the network (none for a fixed rule)."""
-        return list(self.named_parameters().values())
-
-    def named_parameters(self) -> dict[str, nn.Parameter]:
-        return {}
-
-    def parameter_gradients(self, grad_tau: Tensor) -> tuple[Tensor, ...]:
-        """The gradients of ``parameters()`` given dL/dtau (rules with one tau per batch)."""
-        return ()
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The learned state, plain tensors (empty for a rule that learns nothing)."""
-        return {name: p.detach().clone() for name, p in self.named_parameters().items()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        params = self.named_parameters()
-        if set(state) != set(params):
-            raise ValueError(
-                f"the temperature state has {sorted(state)}, {self!r} needs {sorted(params)}"
-            )
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(value)
-
-    def clamp_(self) -> None:
-        """Hold the learned parameters in their range, after each optimiser step (no-op)."""
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        """Move the learned parameters (in place, the same Parameter objects); returns self."""
-        for p in self.parameters():
-            p.data = p.data.to(device=device, dtype=dtype)
-        return self
-
-    def tau(
-        self, s: Tensor, progress: float | None = None, positive_mean: Tensor | None = None
-    ) -> Tensor:
-        """The temperature, broadcastable to ``s`` (a 0-d tensor for rules that ignore s).
-
-        It must return a new tensor: the loss reuses its memory.
-        """
-        raise NotImplementedError
-
-    def check_inputs(self, progress: float | None, positive_mean: Tensor | None) -> None:
-        """Raise ValueError when the rule lacks what it reads."""
-        if self.needs_progress and progress is None:
-            raise ValueError(f"{self!r} needs the training progress (in epochs)")
-        if self.needs_positive_mean and positive_mean is None:
-            raise ValueError(f"{self!r} needs the batch's mean positive similarity")
-
-    def derivative(self, s: Tensor) -> Tensor:
-        """d tau / d s, elementwise, broadcastable to ``s`` (0-d for rules that ignore s).
-
-        The generic version differentiates ``tau`` with autograd; rules override it with
-        their closed form.
-        """
-        with torch.enable_grad():
-            x = s.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.tau(x).sum(), x)
-        return grad
-
-    def logit_slope(
-        self,
-        s: Tensor | sp.Expr,
-        tau: Tensor | None = None,
-        *,
-        progress: float | sp.Expr | None = None,
-        positive_mean: Tensor | sp.Expr | None = None,
-    ) -> Tensor | sp.Expr:
-        """d(s / tau(s)) / ds = (tau - s tau'(s)) / tau^2, the slope of the effective logit.
-
-        For a tensor ``s`` a tensor of its shape (``tau``, if given, is ``self.tau(s)``
-        already computed, and is left unchanged); for a SymPy symbol the expression, from
-        ``self.sympy``.
-        """
-        if isinstance(s, sp.Basic):
-            tau_s = self.sympy(s, progress=progress, positive_mean=positive_mean)
-            return (tau_s - s * sp.diff(tau_s, s)) / tau_s**2
-        if tau is None:
-            tau = self.tau(s, progress, positive_mean)
-        slope = self.derivative(s) * s  # out of place: the derivative may be 0-d
-        return slope.neg_().add_(tau).div_(tau).div_(tau)
-
-    def __call__(
-        self, s: Tensor, progress: float | None = None, positive_mean: Tensor | None = None
-    ) -> Tensor:
-        self.check_inputs(progress, positive_mean)
-        return self.tau(s, progress, positive_mean).expand_as(s)
-
-    def sympy(
-        self,
-        s: sp.Expr,
-        *,
-        progress: sp.Expr | float | None = None,
-        positive_mean: sp.Expr | float | None = None,
-        symbolic: bool = False,
-    ) -> sp.Expr:
-        """The rule as a SymPy expression of the similarity symbol ``s``.
-
-        ``progress`` (epochs) and ``positive_mean`` are the other inputs of the rules that
-        read them (a symbol ``t`` or ``A`` when not given); ``symbolic=True`` keeps the
-        parameters as symbols.
-        """
-        raise NotImplementedError
-
-    def params(self) -> dict[str, float]:
-        """The rule's parameters, by the names its constructor (and the command line) takes."""
-        return dict(vars(self))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v:g}" for k, v in self.params().items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.params() == other.params()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, tuple(self.params().items())))
 
 
 class ProfileRule(TemperatureRule):
@@ -231,8 +106,6 @@ class ProfileRule(TemperatureRule):
 
 @functools.lru_cache(maxsize=256)
 def _compiled(kind: type, params: tuple[tuple[str, float], ...]) -> TemperatureRule:
-    from dyntemp.formula import Formula, S
-
     return Formula(kind(**dict(params)).sympy(S))
 
 
@@ -245,9 +118,10 @@ class Fixed(TemperatureRule):
     """One temperature for every pair: SimCLR's NT-Xent."""
 
     per_pair = False
+    arguments = {"tau": "the temperature (default: {default})"}
 
     def __init__(self, tau: float = 0.2) -> None:
-        self.tau_value = _check_positive("tau", tau)
+        self.tau_value = checks.number("tau", tau, above=0)
 
     def params(self) -> dict[str, float]:
         return {"tau": self.tau_value}
@@ -268,8 +142,10 @@ class DySTreSS(ProfileRule):
     tau(s) = tau_min + (tau_max - tau_min)/2 * (1 + cos(pi (1 + s)))
     """
 
+    arguments = _RANGE
+
     def __init__(self, tau_min: float = 0.1, tau_max: float = 0.2) -> None:
-        self.tau_min, self.tau_max = _check_range(tau_min, tau_max)
+        self.tau_min, self.tau_max = _range(tau_min, tau_max)
 
     def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
         lo = _exact("tau_min", self.tau_min, symbolic)
@@ -284,12 +160,18 @@ class ShiftedDySTreSS(ProfileRule):
     s <= -shift, and tau_max above.
     """
 
+    arguments = {
+        **_RANGE,
+        "shift": "the shift of the cosine (default: {default}, the paper's)",
+        "width": "the width of the cosine (default: {default}, the paper's)",
+    }
+
     def __init__(
         self, tau_min: float = 0.1, tau_max: float = 0.2, shift: float = -0.4, width: float = 0.7
     ) -> None:
-        self.tau_min, self.tau_max = _check_range(tau_min, tau_max)
-        self.shift = _check_finite("shift", shift)
-        self.width = _check_positive("width", width)
+        self.tau_min, self.tau_max = _range(tau_min, tau_max)
+        self.shift = checks.number("shift", shift)
+        self.width = checks.number("width", width, above=0)
 
     def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
         lo = _exact("tau_min", self.tau_min, symbolic)
@@ -303,8 +185,10 @@ class ShiftedDySTreSS(ProfileRule):
 class Linear(ProfileRule):
     """V-shaped in |s|: tau(s) = tau_min + (tau_max - tau_min) |s|."""
 
+    arguments = _RANGE
+
     def __init__(self, tau_min: float = 0.1, tau_max: float = 0.2) -> None:
-        self.tau_min, self.tau_max = _check_range(tau_min, tau_max)
+        self.tau_min, self.tau_max = _range(tau_min, tau_max)
 
     def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
         lo = _exact("tau_min", self.tau_min, symbolic)
@@ -319,11 +203,11 @@ class Exponential(ProfileRule):
     tau_max as |s| grows (to a - b e^{-c} at |s| = 1).
     """
 
+    arguments = {**_RANGE, "rate": "the rate c (default: {default}, the paper's)"}
+
     def __init__(self, tau_min: float = 0.1, tau_max: float = 0.2, rate: float = 3.5) -> None:
-        self.tau_min, self.tau_max = _check_range(tau_min, tau_max)
-        self.rate = _check_finite("rate", rate)
-        if self.rate < 0:
-            raise ValueError(f"rate must be >= 0, got {self.rate}")
+        self.tau_min, self.tau_max = _range(tau_min, tau_max)
+        self.rate = checks.number("rate", rate, low=0)
 
     def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
         lo = _exact("tau_min", self.tau_min, symbolic)
@@ -340,10 +224,11 @@ class CosineSchedule(TemperatureRule):
 
     per_pair = False
     needs_progress = True
+    arguments = {**_RANGE, "period": "the period in epochs (default: {default}, the paper's)"}
 
     def __init__(self, tau_min: float = 0.1, tau_max: float = 1.0, period: float = 400.0) -> None:
-        self.tau_min, self.tau_max = _check_range(tau_min, tau_max)
-        self.period = _check_positive("period", period)
+        self.tau_min, self.tau_max = _range(tau_min, tau_max)
+        self.period = checks.number("period", period, above=0)
 
     def tau(self, s, progress=None, positive_mean=None):
         t = float(progress) if progress is not None else 0.0
@@ -386,6 +271,14 @@ class MACL(TemperatureRule):
 
     per_pair = False
     needs_positive_mean = True
+    arguments = {
+        "tau": "tau0, the temperature at A = A0 (default: {default})",
+        "alpha": "the sensitivity alpha (default: {default}, the paper's)",
+        "a0": "the reference positive similarity A0 (default: {default}, the paper's)",
+        "reweight": "weight each anchor's loss by the detached 1 / (1 - P_ip), as the authors "
+        "train (default: {default})",
+        "tau_floor": "the lowest temperature (default: {default}, CLIP's)",
+    }
 
     def __init__(
         self,
@@ -395,18 +288,14 @@ class MACL(TemperatureRule):
         reweight: bool = True,
         tau_floor: float = 0.01,
     ) -> None:
-        self.tau0 = _check_positive("tau", tau)
-        self.alpha = _check_finite("alpha", alpha)
-        self.a0 = _check_finite("a0", a0)
-        if not isinstance(reweight, bool):
-            raise ValueError(f"reweight must be True or False, got {reweight!r}")
-        self.reweight = reweight
-        self.tau_floor = _check_positive("tau_floor", tau_floor)
-        if self.tau_floor > self.tau0:
-            raise ValueError(
-                f"tau_floor must be <= tau (the temperature at A = a0), got "
-                f"tau_floor={self.tau_floor} > tau={self.tau0}"
-            )
+        self.tau0 = checks.number("tau", tau, above=0)
+        self.alpha = checks.number("alpha", alpha)
+        self.a0 = checks.number("a0", a0)
+        self.reweight = checks.boolean("reweight", reweight)
+        self.tau_floor = checks.number("tau_floor", tau_floor, above=0)
+        checks.at_most(
+            "tau_floor", self.tau_floor, "tau", self.tau0, " (the temperature at A = a0)"
+        )
 
     def params(self) -> dict[str, Any]:
         return {
@@ -454,15 +343,17 @@ class Learned(TemperatureRule):
     """
 
     per_pair = False
+    arguments = {
+        "tau": "the initial temperature (default: {default})",
+        "tau_floor": "the lowest temperature (default: {default}, CLIP's)",
+    }
 
     def __init__(self, tau: float = 0.2, tau_floor: float = 0.01) -> None:
-        self.tau_init = _check_positive("tau", tau)
-        self.tau_floor = _check_positive("tau_floor", tau_floor)
-        if self.tau_floor > self.tau_init:
-            raise ValueError(
-                f"tau_floor must be <= tau (the initial temperature), got "
-                f"tau_floor={self.tau_floor} > tau={self.tau_init}"
-            )
+        self.tau_init = checks.number("tau", tau, above=0)
+        self.tau_floor = checks.number("tau_floor", tau_floor, above=0)
+        checks.at_most(
+            "tau_floor", self.tau_floor, "tau", self.tau_init, " (the initial temperature)"
+        )
         self.log_floor = math.log(self.tau_floor)
         # float64: exp(log tau) gives back the starting value to the last digit
         self.log_tau = nn.Parameter(torch.tensor(math.log(self.tau_init), dtype=torch.float64))
@@ -510,19 +401,43 @@ _RULES: dict[str, type[TemperatureRule]] = {
     "schedule": CosineSchedule,
     "macl": MACL,
     "learned": Learned,
+    "formula": Formula,
 }
 
 #: The names ``from_name`` knows.
 NAMES: tuple[str, ...] = tuple(_RULES)
 
 
+def _arguments(rule: type[TemperatureRule]) -> dict[str, inspect.Parameter]:
+    """The constructor's arguments, by name, in order."""
+    return dict(inspect.signature(rule).parameters)
+
+
+def _options() -> dict[str, tuple[str, ...]]:
+    taken: dict[str, list[str]] = {}
+    for name, rule in _RULES.items():
+        for argument in _arguments(rule):
+            taken.setdefault(argument, []).append(name)
+    return {argument: tuple(names) for argument, names in taken.items()}
+
+
+#: Every argument of the rules' constructors, with the names of the rules that take it, in
+#: the order of ``NAMES``: the temperature options of the command line (``dyntemp.config``).
+OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(_options())
+
+
 def from_name(name: str, **params: Any) -> TemperatureRule:
-    """Build a rule by its name, e.g. ``from_name("dystress", tau_min=0.07, tau_max=0.2)``."""
-    try:
-        cls = _RULES[name.lower()]
-    except (KeyError, AttributeError):
-        raise ValueError(f"unknown temperature rule {name!r}; known: {', '.join(NAMES)}") from None
-    allowed = [p for p in inspect.signature(cls).parameters]
+    """Build a rule by its name, with the arguments its constructor takes.
+
+    >>> from_name("dystress", tau_min=0.07, tau_max=0.2)
+    DySTreSS(tau_min=0.07, tau_max=0.2)
+    >>> from_name("fixed", tau_min=0.1)
+    Traceback (most recent call last):
+    ValueError: tau_min does not apply to the temperature rule 'fixed', which takes tau
+    """
+    key = name.lower() if isinstance(name, str) else name
+    rule = _RULES[checks.choice("temperature rule", key, NAMES)]
+    allowed = list(_arguments(rule))
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         verb = "does" if len(unknown) == 1 else "do"
@@ -530,11 +445,31 @@ def from_name(name: str, **params: Any) -> TemperatureRule:
             f"{', '.join(unknown)} {verb} not apply to the temperature rule {name!r}, "
             f"which takes {', '.join(allowed)}"
         )
-    return cls(**params)
+    return rule(**params)
 
 
-# A rule from one formula (dyntemp/formula.py builds on TemperatureRule above).
-from dyntemp.formula import Formula  # noqa: E402
+def option_help(option: str) -> str:
+    """What ``option`` means to each rule that takes it: the rules' ``arguments`` texts, the
+    defaults from their signatures.
 
-_RULES["formula"] = Formula
-NAMES = tuple(_RULES)
+    >>> option_help("tau_floor")
+    "macl, learned: the lowest temperature (default: 0.01, CLIP's)"
+    """
+    said: dict[str, list[str]] = {}
+    for name in OPTIONS[option]:
+        rule = _RULES[name]
+        default = _shown(_arguments(rule)[option].default)
+        text = rule.arguments.get(option, "(default: {default})")
+        said.setdefault(text.replace("{default}", default), []).append(name)
+    return "; ".join(f"{', '.join(names)}: {text}" for text, names in said.items())
+
+
+def _shown(value: object) -> str:
+    """A default as the command line's help shows it."""
+    if value is inspect.Parameter.empty:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value) if isinstance(value, str) else str(value)

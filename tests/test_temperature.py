@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -143,7 +144,7 @@ def test_symbolic_parameters() -> None:
         ("learned", {"tau": 0.0}, "tau must be > 0"),
         ("learned", {"alpha": 0.5}, "alpha does not apply to the temperature rule 'learned'"),
         ("dystress", {"tau": 0.2}, "tau does not apply to the temperature rule 'dystress'"),
-        ("warm", {}, "unknown temperature rule 'warm'; known: fixed, dystress"),
+        ("warm", {}, "unknown temperature rule 'warm'; choose one of fixed, dystress"),
     ],
 )
 def test_bad_parameters(name: str, params: dict, match: str) -> None:
@@ -156,6 +157,47 @@ def test_from_name_builds_every_rule() -> None:
     assert T.from_name("FIXED", tau=0.5) == T.Fixed(0.5)
     for name in T.NAMES:
         assert isinstance(T.from_name(name), T.TemperatureRule)
+
+
+def test_options_are_the_constructors_arguments() -> None:
+    """OPTIONS, the command line's temperature options, come from the signatures."""
+    expected: dict[str, list[str]] = {}
+    for name in T.NAMES:
+        for argument in inspect.signature(T._RULES[name]).parameters:
+            expected.setdefault(argument, []).append(name)
+    assert {k: list(v) for k, v in T.OPTIONS.items()} == expected
+    assert T.OPTIONS["tau_floor"] == ("macl", "learned")
+
+
+@pytest.mark.parametrize("name", T.NAMES)
+def test_every_argument_says_what_it_means(name: str) -> None:
+    rule = T._RULES[name]
+    arguments = set(inspect.signature(rule).parameters)
+    assert set(rule.arguments) == arguments, (
+        f"{rule.__name__}.arguments must say what each constructor argument means: "
+        f"missing {sorted(arguments - set(rule.arguments))}, "
+        f"not arguments {sorted(set(rule.arguments) - arguments)}"
+    )
+
+
+def test_option_help_names_the_rules_and_their_defaults() -> None:
+    assert T.option_help("rate") == "exponential: the rate c (default: 3.5, the paper's)"
+    assert T.option_help("tau_max") == (
+        "dystress, shifted, linear, exponential: the highest temperature (default: 0.2); "
+        "schedule: the highest temperature (default: 1)"
+    )
+    assert T.option_help("reweight").endswith("(default: on)")
+    assert "default" not in T.option_help("formula")  # the command line needs --formula
+
+
+def test_a_reweighting_rule_refuses_the_decoupled_loss() -> None:
+    T.MACL().check_decoupled(False)
+    T.MACL(reweight=False).check_decoupled(True)
+    T.Fixed().check_decoupled(True)
+    with pytest.raises(ValueError, match=r"reweighting off \(reweight=False\)"):
+        T.MACL().check_decoupled(True)
+    with pytest.raises(ValueError, match=r"\(--no-reweight\) or the decoupled loss off \(--x\)"):
+        T.MACL().check_decoupled(True, reweight_off="--no-reweight", decoupled_off="--x")
 
 
 ALL_RULES = [
