@@ -43,7 +43,7 @@ from dyntemp import train as training
 from dyntemp.config import PRESETS, TrainConfig
 from dyntemp.experiments import relative, train_command
 
-STAGES = ("pilot", "tuning", "spread", "primary", "longtail")
+STAGES = ("pilot", "tuning", "lengthcheck", "spread", "primary", "longtail")
 VALIDATION_IMAGES = 5_000
 
 # What every run shares: the cpu scale's network and optimiser, the validation split, one
@@ -241,21 +241,64 @@ def _partial(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def choose_length(points: list[tuple[int, float]]) -> dict[str, Any]:
-    """The shortest evaluated length L whose double 2L was evaluated too and scores less than
-    ``CONVERGED_POINTS`` more on the validation split; None when no length qualifies.
+def smoothed(points: list[tuple[int, float]], epochs: int) -> float | None:
+    """Validation kNN at ``epochs``, as the mean of the evaluations in its last quarter
+    (epochs from ``0.75 * epochs`` to ``epochs``, at least three evaluations): one
+    evaluation under a constant learning rate moves by about a point from one to the next,
+    so a single one decides nothing. None where fewer than three evaluations fall there."""
+    window = [v for e, v in points if 0.75 * epochs <= e <= epochs]
+    return sum(window) / len(window) if len(window) >= 3 and epochs in dict(points) else None
 
-    >>> choose_length([(2, 40.0), (4, 50.0), (8, 55.0), (16, 55.5)])["epochs"]
+
+def choose_length(points: list[tuple[int, float]], *, most: int | None = None) -> dict[str, Any]:
+    """The training length: the shortest evaluated L whose double 2L scores less than
+    ``CONVERGED_POINTS`` more on the validation split, both scores ``smoothed``; None when
+    no length qualifies. ``most`` caps it (the budget); ``raw`` is the same rule on single
+    evaluations, the rule first written, kept for the record.
+
+    >>> curve = [(e, 56.0 - 16.0 / e) for e in range(2, 65, 2)]
+    >>> choose_length(curve)["epochs"], choose_length(curve)["raw"]
+    (16, 10)
+    >>> choose_length(curve, most=8)["epochs"]
     8
     """
     score = dict(points)
-    gains = {e: score[2 * e] - score[e] for e in sorted(score) if 2 * e in score}
-    converged = [e for e, gain in gains.items() if gain < CONVERGED_POINTS]
+    raw = {e: score[2 * e] - score[e] for e in sorted(score) if 2 * e in score}
+    smooth = {}
+    for e in sorted(score):
+        now, doubled = smoothed(points, e), smoothed(points, 2 * e)
+        if now is not None and doubled is not None:
+            smooth[e] = doubled - now
+    converged = [e for e, gain in smooth.items() if gain < CONVERGED_POINTS]
+    chosen = converged[0] if converged else None
+    capped = most is not None and (chosen is None or chosen > most)
     return {
-        "epochs": converged[0] if converged else None,
-        "gain_of_doubling": gains,
-        "criterion": f"validation kNN(2L) - kNN(L) < {CONVERGED_POINTS} point",
+        "epochs": most if capped else chosen,
+        "converged_at": chosen,
+        "capped_by_budget": capped,
+        "gain_of_doubling": smooth,
+        "raw": next((e for e, gain in raw.items() if gain < CONVERGED_POINTS), None),
+        "raw_gain_of_doubling": raw,
+        "criterion": f"mean validation kNN over the last quarter up to 2L minus the same up "
+        f"to L < {CONVERGED_POINTS} point",
     }
+
+
+def budget_epochs() -> int:
+    """The longest length L the budget carries: the pilot, the long-tailed runs and, at L
+    epochs each, the tuning runs, the spread runs, the length check (2L) and ``MAX_SEEDS``
+    primary runs a side."""
+    fixed = PILOT_EPOCHS * steps_per_epoch() + len(long_tail_configs()) * (12_406 // 128) * 32
+    runs_of_l = len(tuning_configs(1)) + len(SPREAD_SEEDS) + 2 + 2 * MAX_SEEDS
+    return (BUDGET_STEPS - fixed) // (runs_of_l * steps_per_epoch())
+
+
+def length_check_config(epochs: int) -> TrainConfig:
+    """The length check: the pilot's config, cosine schedule, twice the chosen length: its
+    gain over the tuning run of length L says what doubling buys under the real schedule."""
+    candidate, lr = SPREAD
+    changes = {**_candidate(candidate), "lr": lr, "epochs": 2 * epochs}
+    return _config("lengthcheck", tuning_name(candidate, lr), TUNING_SEED, changes)
 
 
 def tuning_configs(epochs: int) -> list[TrainConfig]:
@@ -451,23 +494,35 @@ def primary_result(plan: dict[str, Any] | None = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dyntemp.decisive", description=__doc__)
     parser.add_argument(
-        "stage", choices=("pilot", "tuning", "spread", "longtail", "plan", "primary", "status")
+        "stage",
+        choices=(
+            "pilot",
+            "tuning",
+            "lengthcheck",
+            "spread",
+            "longtail",
+            "plan",
+            "primary",
+            "status",
+        ),
     )
     parser.add_argument("--epochs", type=int, help="tuning, spread, plan: the length L")
     args = parser.parse_args(argv)
     try:
-        if args.stage in ("tuning", "spread", "plan") and args.epochs is None:
+        if args.stage in ("tuning", "lengthcheck", "spread", "plan") and args.epochs is None:
             raise ValueError(f"{args.stage} needs --epochs, the length the pilot chose")
         if args.stage == "pilot":
             result = run(pilot_config())
-            print(json.dumps(choose_length(curve(result["folder"])), indent=1))
-        elif args.stage in ("tuning", "spread", "longtail", "primary"):
+            chosen = choose_length(curve(result["folder"]), most=budget_epochs())
+            print(json.dumps(chosen, indent=1))
+        elif args.stage in ("tuning", "lengthcheck", "spread", "longtail", "primary"):
             if args.stage == "primary":
                 plan = read_plan()
                 _check_commit(plan)
             todo = {
                 "tuning": lambda: tuning_configs(args.epochs),
                 "spread": lambda: spread_configs(args.epochs),
+                "lengthcheck": lambda: [length_check_config(args.epochs)],
                 "longtail": long_tail_configs,
                 "primary": lambda: primary_configs(plan),
             }[args.stage]()
@@ -479,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
             plan = write_plan(args.epochs)
             print(f"{relative(root() / PLAN_FILE)}: {plan['arms']}, seeds {plan['seeds']}")
         else:
-            print(json.dumps(choose_length(curve(Path(pilot_config().out))), indent=1))
+            points = curve(Path(pilot_config().out))
+            print(json.dumps(choose_length(points, most=budget_epochs()), indent=1))
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -42,11 +42,20 @@ def tiny_experiment(monkeypatch, tmp_path) -> Path:
 
 
 def test_the_length_is_the_shortest_whose_double_adds_less_than_a_point():
-    points = [(2, 40.0), (4, 50.0), (8, 55.0), (16, 55.8), (32, 56.0)]
+    # a curve that flattens, with a dip at epoch 20 that a single evaluation would trust
+    points = [(e, 56.0 - 40.0 / e) for e in range(2, 65, 2)]  # doubling L gains 20 / L
+    points = [(e, v - (1.5 if e == 20 else 0.0)) for e, v in points]
     chosen = decisive.choose_length(points)
-    assert chosen["epochs"] == 8  # 55.8 - 55.0 < 1, while 4 -> 8 gains 5
-    assert chosen["gain_of_doubling"][4] == pytest.approx(5.0)
+    assert chosen["raw"] == 10  # single evaluations trust the dip: 10 -> 20 "gains" 0.5
+    assert chosen["epochs"] == chosen["converged_at"] == 28  # the window means do not
+    for length, gain in chosen["gain_of_doubling"].items():
+        now, doubled = (decisive.smoothed(points, e) for e in (length, 2 * length))
+        assert gain == pytest.approx(doubled - now)
+        assert (gain < 1.0) == (length >= 28)
+    capped = decisive.choose_length(points, most=16)
+    assert capped["epochs"] == 16 and capped["capped_by_budget"]
     assert decisive.choose_length([(2, 40.0), (4, 50.0)])["epochs"] is None
+    assert decisive.smoothed(points, 12) is None  # 9 to 12 holds two evaluations only
 
 
 def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
