@@ -491,6 +491,65 @@ def primary_result(plan: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
+def long_tail_table() -> dict[str, dict[str, Any]]:
+    """The finished long-tailed runs of each rule: per classifier of the long-tailed
+    protocol, the values over seeds of the overall, head, medium and tail accuracies."""
+    table: dict[str, dict[str, Any]] = {}
+    for name in LONG_TAIL:
+        reports = []
+        for seed in LONG_TAIL_SEEDS:
+            path = run_folder("longtail", name, seed) / runs.LONG_TAIL_FILE
+            if path.exists():
+                reports.append(runs.read_json(path))
+        table[name] = {"seeds": len(reports)}
+        for report in reports:
+            for classifier, entry in report["classifiers"].items():
+                row = table[name].setdefault(classifier, {})
+                for key in ("top1", "head", "medium", "tail"):
+                    row.setdefault(key, []).append(entry[key])
+    return table
+
+
+def long_tail_family(table: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The long-tailed family of ``LONG_TAIL_FAMILY``: DySTreSS minus each other rule on each
+    classifier's top-1, Welch over seeds, Holm-adjusted over the whole family."""
+    from dyntemp import stats
+
+    table = long_tail_table() if table is None else table
+    reference = LONG_TAIL_FAMILY["reference"]
+    rows = []
+    for other in LONG_TAIL_FAMILY["others"]:
+        for measure in LONG_TAIL_FAMILY["measures"]:
+            mine = table[reference].get(measure, {}).get("top1", [])
+            theirs = table[other].get(measure, {}).get("top1", [])
+            rows.append(
+                {"against": other, "measure": measure, "gap": stats.difference(mine, theirs)}
+            )
+    for row, adjusted in zip(rows, stats.holm([r["gap"]["p_value"] for r in rows]), strict=True):
+        row["adjusted_p"] = adjusted
+        row["verdict"] = stats.verdict(row["gap"], adjusted)
+    return rows
+
+
+def stored_stages(epochs: int | None = None) -> dict[str, str]:
+    """What is stored of each stage, in words (``epochs``: the chosen length, once known)."""
+
+    def finished(configs: list[TrainConfig]) -> str:
+        done = sum(runs.is_finished(cfg.out) for cfg in configs)
+        return f"{done} of {len(configs)} runs"
+
+    found = {"pilot": finished([pilot_config()])}
+    if epochs is not None:
+        found["tuning"] = finished(tuning_configs(epochs))
+        found["length check"] = finished([length_check_config(epochs)])
+        found["spread"] = finished(spread_configs(epochs))
+    found["plan"] = "written" if (root() / PLAN_FILE).exists() else "not written yet"
+    if (root() / PLAN_FILE).exists():
+        found["primary"] = finished(primary_configs(read_plan()))
+    found["long-tailed"] = finished(long_tail_configs())
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dyntemp.decisive", description=__doc__)
     parser.add_argument(

@@ -136,3 +136,24 @@ def test_primary_runs_refuse_another_package_commit(tiny_experiment, monkeypatch
     target.parent.mkdir(parents=True)
     target.write_text(json.dumps({"package_commit": "0" * 12, "seeds": [3], "arms": {}}))
     assert decisive.main(["primary"]) == 2
+
+
+def test_the_long_tailed_family_compares_dystress_with_each_rule(tiny_experiment):
+    values = {"dystress-0.1-0.2": 36.0, "fixed-0.2": 34.0, "schedule-paper": 36.1,
+              "schedule-source": 35.9}  # fmt: skip
+    for name, value in values.items():
+        for seed in decisive.LONG_TAIL_SEEDS:
+            folder = decisive.run_folder("longtail", name, seed)
+            folder.mkdir(parents=True)
+            entry = {"top1": value + 0.1 * seed, "head": 50.0, "medium": 30.0, "tail": 10.0}
+            classifiers = {m: entry for m in ("majority 1-NN", "majority 10-NN")}
+            (folder / "longtail.json").write_text(json.dumps({"classifiers": classifiers}))
+    table = decisive.long_tail_table()
+    assert table["fixed-0.2"]["seeds"] == 3
+    assert table["fixed-0.2"]["majority 1-NN"]["top1"] == pytest.approx([34.0, 34.1, 34.2])
+    family = decisive.long_tail_family(table)
+    assert len(family) == 3 * 2
+    against_fixed = [row for row in family if row["against"] == "fixed-0.2"]
+    assert all(row["gap"]["difference"] == pytest.approx(2.0) for row in against_fixed)
+    adjusted = stats.holm([row["gap"]["p_value"] for row in family])
+    assert [row["adjusted_p"] for row in family] == adjusted
