@@ -82,7 +82,7 @@ def _field_type(annotation: typing.Any) -> type:
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, named after it; absent flags keep the default."""
-    from dyntemp.config import PRESETS, TrainConfig
+    from dyntemp.config import PRESETS, TrainConfig, flag
 
     parser.add_argument(
         "--preset",
@@ -92,13 +92,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind = _field_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
         text = f.metadata.get("help", "")
         if f.default is not None and "default" not in text:  # None: the text says what
             text = f"{text} (default: {f.default})"
         if kind is bool:
             parser.add_argument(
-                flag,
+                flag(f.name),
                 dest=f.name,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
@@ -106,7 +105,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             )
         else:
             parser.add_argument(
-                flag,
+                flag(f.name),
                 dest=f.name,
                 type=_parse(kind),
                 default=argparse.SUPPRESS,

@@ -1,19 +1,20 @@
 """What a training run depends on: ``TrainConfig``, checked before anything is touched, and
 the named presets (the paper's setups and the book's scales).
 
-Every field has a command-line flag of the same name (``tau_min`` -> ``--tau-min``) and its
-help text; ``check()`` refuses any setting that cannot run with one line that names the
-flag. A preset is a set of changes to the defaults: ``preset("cpu", seed=1)``.
+Every field has a command-line flag of the same name (``flag("tau_min")`` is ``--tau-min``)
+and its help text; ``check()`` refuses any setting that cannot run with one line that names
+the flag. The temperature options are the arguments of the rules' constructors
+(``TEMPERATURE_OPTIONS``, read from their signatures), one field each, their help made from
+the rules. A preset is a set of changes to the defaults: ``preset("cpu", seed=1)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from dyntemp import data, models, optim, temperature
+from dyntemp import checks, data, models, optim, temperature
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 CHANNELS_LAST_MODES = ("auto", "on", "off")
@@ -23,25 +24,32 @@ METHODS = ("simclr", "moco")
 MAX_SEED = 2**63 - 1
 MAX_EPOCHS = 1_000_000
 
-# The temperature options of the command line, as every rule's constructor names them.
-TEMPERATURE_OPTIONS = (
-    "tau",
-    "tau_min",
-    "tau_max",
-    "shift",
-    "width",
-    "rate",
-    "period",
-    "alpha",
-    "a0",
-    "reweight",
-    "tau_floor",
-    "formula",
+#: Arguments of the rules that the run sets, not a flag: a formula is checked over its epochs.
+SET_BY_THE_RUN = ("max_progress",)
+#: The temperature options of the command line: the arguments of the rules' constructors
+#: (``temperature.OPTIONS``), less those the run sets; each is a TrainConfig field of its name.
+TEMPERATURE_OPTIONS: tuple[str, ...] = tuple(
+    name for name in temperature.OPTIONS if name not in SET_BY_THE_RUN
 )
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field.
+
+    >>> flag("tau_min")
+    '--tau-min'
+    """
+    return "--" + name.replace("_", "-")
 
 
 def _doc(text: str, **kwargs: Any) -> Any:
     return field(metadata={"help": text}, **kwargs)
+
+
+def _option(name: str) -> Any:
+    """The field of a temperature option: None (the rule's default) unless given; its help
+    says which rules take it and what it means to each (``temperature.option_help``)."""
+    return field(default=None, metadata={"help": temperature.option_help(name), "rule": True})
 
 
 @dataclass
@@ -96,34 +104,19 @@ class TrainConfig:
         "moco: keys in the queue of negatives (CIFAR scale: 4096; at least two global batches)",
         default=4096,
     )
-    tau: float | None = _doc(
-        "fixed: the temperature; macl: its tau0; learned: its initial value", default=None
-    )
-    tau_min: float | None = _doc(
-        "dystress, shifted, linear, exponential, schedule: the lowest temperature", default=None
-    )
-    tau_max: float | None = _doc(
-        "dystress, shifted, linear, exponential, schedule: the highest temperature",
-        default=None,
-    )
-    shift: float | None = _doc("shifted: the shift of the cosine (paper: -0.4)", default=None)
-    width: float | None = _doc("shifted: the width of the cosine (paper: 0.7)", default=None)
-    rate: float | None = _doc("exponential: the rate c (paper: 3.5)", default=None)
-    period: float | None = _doc("schedule: the period in epochs (paper: 400)", default=None)
-    alpha: float | None = _doc("macl: the sensitivity alpha (paper: 0.5)", default=None)
-    a0: float | None = _doc("macl: the reference positive similarity A0 (paper: 0)", default=None)
-    reweight: bool | None = _doc(
-        "macl: weight each anchor's loss by the detached 1 / (1 - P_ip), as the authors train "
-        "(default: on)",
-        default=None,
-    )
-    tau_floor: float | None = _doc(
-        "learned, macl: the lowest temperature (default: 0.01, CLIP's)", default=None
-    )
-    formula: str | None = _doc(
-        "formula: tau as a formula of s and progress (epochs), e.g. '0.1 + 0.05*(1 - cos(pi*s))'",
-        default=None,
-    )
+    # the temperature options, one for each argument of the rules' constructors
+    tau: float | None = _option("tau")
+    tau_min: float | None = _option("tau_min")
+    tau_max: float | None = _option("tau_max")
+    shift: float | None = _option("shift")
+    width: float | None = _option("width")
+    rate: float | None = _option("rate")
+    period: float | None = _option("period")
+    alpha: float | None = _option("alpha")
+    a0: float | None = _option("a0")
+    reweight: bool | None = _option("reweight")
+    tau_floor: float | None = _option("tau_floor")
+    formula: str | None = _option("formula")
     detach_temperature: bool = _doc("stop gradients through the temperature", default=True)
     decoupled: bool = _doc(
         "decoupled contrastive loss (positive not in the denominator)", default=False
@@ -163,99 +156,96 @@ class TrainConfig:
         """The rule named by ``temperature`` with the options given for it."""
         given = {key: getattr(self, key) for key in TEMPERATURE_OPTIONS}
         given = {key: value for key, value in given.items() if value is not None}
-        if self.temperature == "formula":
-            if "formula" not in given:
-                raise ValueError("--temperature formula needs --formula, e.g. '0.2 + 0.1*s**2'")
+        if self.temperature == "formula" and "formula" not in given:
+            raise ValueError("--temperature formula needs --formula, e.g. '0.2 + 0.1*s**2'")
+        if self.temperature in temperature.OPTIONS["max_progress"]:
             given["max_progress"] = float(max(self.epochs, 1))  # checked over the whole run
         return temperature.from_name(self.temperature, **given)
 
     def check(self) -> None:
-        """Raise ValueError with one clear line for any setting that cannot run."""
+        """Raise ValueError with one clear line, naming the flag, for any setting that cannot
+        run (``check_sizes`` checks what needs the data too)."""
         if not self.out:
             raise ValueError("an output folder is needed (--out)")
-        _choice("dataset", self.dataset, data.NAMES)
-        _choice("model", self.model, models.MODELS)
-        _choice("stem", self.stem, models.STEMS)
-        _choice("optimizer", self.optimizer, optim.OPTIMIZERS)
-        _choice("amp", self.amp, AMP_MODES)
-        _choice("channels_last", self.channels_last, CHANNELS_LAST_MODES)
-        _choice("method", self.method, METHODS)
-        _choice("lr_schedule", self.lr_schedule, optim.SCHEDULES)
-        for name in ("epochs", "batch_size", "projector_hidden_dim", "projector_dim", "knn_k"):
-            _integer(name, getattr(self, name), low=1)
-        _integer("epochs", self.epochs, high=MAX_EPOCHS)
-        _integer("seed", self.seed, low=0, high=MAX_SEED)
-        _integer("eval_every", self.eval_every, low=0)
-        for name in ("subset", "test_subset", "validation"):
-            if getattr(self, name) is not None:
-                _integer(name, getattr(self, name), low=1)
-        _number("lr", self.lr, positive=True)
-        _number("knn_temperature", self.knn_temperature, positive=True)
-        _number("weight_decay", self.weight_decay)
-        _number("momentum", self.momentum)
-        _number("warmup_epochs", self.warmup_epochs)
-        _number("crop_scale_min", self.crop_scale_min)
-        _number("blur", self.blur)
+        for name, known in _CHOICES.items():
+            checks.choice(flag(name), getattr(self, name), known)
+        for name, (low, high) in _WHOLE.items():
+            value = getattr(self, name)
+            if value is not None or name not in _MAY_BE_NONE:  # None: not given, for some
+                checks.whole(flag(name), value, low=low, high=high)
+        for name, bounds in _NUMBERS.items():
+            checks.number(flag(name), getattr(self, name), **bounds)
         if self.batch_size < 2:
             raise ValueError(f"--batch-size must be at least 2 (a negative), got {self.batch_size}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"--weight-decay must not be negative, got {self.weight_decay}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"--warmup-epochs must be in [0, epochs], got {self.warmup_epochs}")
-        if not 0 < self.crop_scale_min <= 1:
-            raise ValueError(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}")
-        if not 0 <= self.blur <= 1:
-            raise ValueError(f"--blur is a probability, got {self.blur}")
+        checks.number(flag("warmup_epochs"), self.warmup_epochs, low=0, high=self.epochs)
         if self.imbalance is not None:
-            _number("imbalance", self.imbalance, positive=True)
-        _number("moco_momentum", self.moco_momentum)
-        if not 0 <= self.moco_momentum < 1:
-            raise ValueError(f"--moco-momentum must be in [0, 1), got {self.moco_momentum}")
-        _integer("queue_size", self.queue_size, low=1)
-        if self.method == "moco" and self.queue_size < 2 * self.batch_size:
-            raise ValueError(
-                f"--queue-size {self.queue_size} must hold at least the two views' keys of a "
-                f"batch ({2 * self.batch_size})"
-            )
+            data.check_imbalance(self.imbalance, self.dataset, name=flag("imbalance"))
         if self.image_size is not None:
-            _integer("image_size", self.image_size, low=8, high=4096)
-        rule = self.temperature_rule()
-        if rule.reweight and self.decoupled:
+            data.check_image_size(self.image_size, name=flag("image_size"))
+        self._check_queue(world_size=1)
+        self.temperature_rule().check_decoupled(
+            self.decoupled, reweight_off="--no-reweight", decoupled_off="--no-decoupled"
+        )
+
+    def check_sizes(self, images: int, world_size: int = 1) -> None:
+        """Raise ValueError for a batch, a kNN or a queue too large for ``images`` training
+        images and ``world_size`` processes (``check()`` checks the queue for one)."""
+        if self.batch_size * world_size > images:
+            raise ValueError(f"{self._batch(world_size)} exceeds the {images} training images")
+        if self.knn_k > images:
+            raise ValueError(f"--knn-k {self.knn_k} exceeds the {images} training images")
+        self._check_queue(world_size)
+
+    def _check_queue(self, world_size: int) -> None:
+        keys = 2 * self.batch_size * world_size
+        if self.method == "moco" and self.queue_size < keys:
             raise ValueError(
-                "MACL's reweighting 1 / (1 - P_ip) needs the positive in the denominator: "
-                "use --no-reweight with --decoupled"
+                f"--queue-size {self.queue_size} must hold at least one step's keys ({keys}: "
+                f"two views of {self._batch(world_size)})"
             )
+
+    def _batch(self, world_size: int) -> str:
+        processes = f" x {world_size} processes" if world_size > 1 else ""
+        return f"--batch-size {self.batch_size}{processes}"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _choice(name: str, value: Any, known: tuple[str, ...]) -> None:
-    if value not in known:
-        raise ValueError(f"unknown {_flag(name)} {value!r}; choose one of {', '.join(known)}")
-
-
-def _integer(name: str, value: Any, low: int | None = None, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{_flag(name)} must be a whole number, got {value!r}")
-    if low is not None and value < low:
-        bound = "positive" if low == 1 else f"at least {low}"
-        raise ValueError(f"{_flag(name)} must be {bound}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{_flag(name)} must be at most {high}, got {value}")
-
-
-def _number(name: str, value: Any, positive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{_flag(name)} must be a finite number, got {value!r}")
-    if positive and not value > 0:
-        raise ValueError(f"{_flag(name)} must be positive, got {value}")
+# The checks of single settings, by field (``TrainConfig.check``).
+_CHOICES = {
+    "dataset": data.NAMES,
+    "model": models.MODELS,
+    "stem": models.STEMS,
+    "optimizer": optim.OPTIMIZERS,
+    "amp": AMP_MODES,
+    "channels_last": CHANNELS_LAST_MODES,
+    "method": METHODS,
+    "lr_schedule": optim.SCHEDULES,
+}
+_WHOLE = {  # (least, most) of the whole numbers; None: no bound
+    "epochs": (1, MAX_EPOCHS),
+    "batch_size": (1, None),
+    "projector_hidden_dim": (1, None),
+    "projector_dim": (1, None),
+    "knn_k": (1, None),
+    "seed": (0, MAX_SEED),
+    "eval_every": (0, None),
+    "queue_size": (1, None),
+    "subset": (1, None),
+    "test_subset": (1, None),
+    "validation": (1, None),
+}
+_NUMBERS: dict[str, dict[str, float]] = {  # the bounds checks.number takes
+    "lr": {"above": 0},
+    "knn_temperature": {"above": 0},
+    "weight_decay": {"low": 0},
+    "momentum": {"low": 0, "below": 1},
+    "moco_momentum": {"low": 0, "below": 1},
+    "crop_scale_min": {"above": 0, "high": 1},
+    "blur": {"low": 0, "high": 1},
+}
+_MAY_BE_NONE = {f.name for f in dataclasses.fields(TrainConfig) if f.default is None}
 
 
 # The named settings: the paper's setups, and the scales of the book's study (which

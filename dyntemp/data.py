@@ -11,7 +11,6 @@ the arguments or the files is a one-line ValueError (or FileNotFoundError) namin
 from __future__ import annotations
 
 import hashlib
-import numbers
 import os
 import pickle
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dyntemp import checks
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -126,10 +127,8 @@ def dataset_stats(name: str) -> tuple[tuple[float, float, float], tuple[float, f
 
     The long-tailed variants use their full dataset's statistics; ``imagefolder`` ImageNet's.
     """
-    base = name.removesuffix("-lt")
-    if base not in _STATS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(NAMES)}")
-    return _STATS[base]
+    checks.choice("dataset", name, NAMES)
+    return _STATS[name.removesuffix("-lt")]
 
 
 def default_root() -> Path:
@@ -146,6 +145,7 @@ def load_dataset(
     subset: int | None = None,
     subset_name: str = "subset",
     imbalance: float | None = None,
+    imbalance_name: str = "imbalance",
     image_size: int | None = None,
     cache: bool = True,
 ) -> ImageDataset:
@@ -165,29 +165,25 @@ def load_dataset(
     antialiased) and centre-cropped to n x n, for every dataset; image folders whose images
     differ in size need it. ``subset=n`` keeps a class-balanced deterministic selection of n
     images: the first ``n // C`` of each class in the dataset's order, one more for the first
-    ``n % C`` classes; ``subset_name`` is what its error messages call it (``--test-subset``
-    for a command line). ``root`` defaults to ``DYNTEMP_DATA``, then ``./data``. Decoded
-    image files are cached (``cache=False`` turns that off), and the cache is rebuilt when
-    the files or the cache itself change (``load_image_folder``).
+    ``n % C`` classes. ``subset_name`` and ``imbalance_name`` are what the error messages call
+    ``subset`` and ``imbalance`` (a command line passes its flags). ``root`` defaults to
+    ``DYNTEMP_DATA``, then ``./data``. Decoded image files are cached (``cache=False`` turns
+    that off), and the cache is rebuilt when the files or the cache itself change
+    (``load_image_folder``).
 
     Every mistake in the arguments or the files raises ValueError (FileNotFoundError for
-    missing files) with a one-line message naming the file and the command-line option.
+    missing files) with a one-line message naming the file or the argument.
     """
-    if name not in NAMES:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(NAMES)}")
+    checks.choice("dataset", name, NAMES)
     root = Path(root).expanduser() if root is not None else default_root()
     if name in SPLITS and split not in SPLITS[name]:
         raise ValueError(f"{name} has no split {split!r}; its splits: {', '.join(SPLITS[name])}")
-    if imbalance is not None and not name.endswith("-lt"):
-        raise ValueError(f"--imbalance applies to cifar10-lt and cifar100-lt, not {name}")
     if imbalance is not None:
-        _check_imbalance(imbalance)
+        check_imbalance(imbalance, dataset=name, name=imbalance_name)
     if image_size is not None:
-        _check_count(image_size, "--image-size")
-        if image_size > _MAX_IMAGE_SIZE:
-            raise ValueError(f"--image-size must be at most {_MAX_IMAGE_SIZE}, got {image_size}")
+        check_image_size(image_size)
     if subset is not None:
-        _check_count(subset, subset_name)
+        checks.whole(subset_name, subset, low=1)
 
     if name == "imagefolder":
         dataset = load_image_folder(root, split, size=image_size, cache=cache, name=name)
@@ -199,7 +195,8 @@ def load_dataset(
         if name.endswith("-lt"):
             dataset.name = name
             if split == "train":
-                dataset = long_tailed(dataset, 0.01 if imbalance is None else imbalance)
+                ratio = 0.01 if imbalance is None else imbalance
+                dataset = long_tailed(dataset, ratio, name=imbalance_name)
     if image_size is not None and tuple(dataset.images.shape[-2:]) != (image_size, image_size):
         dataset = ImageDataset(
             _resize_center(dataset.images, image_size),
@@ -212,27 +209,44 @@ def load_dataset(
     return dataset
 
 
-_MAX_IMAGE_SIZE = 4096
+#: The least and the most ``image_size`` (a side in pixels).
+IMAGE_SIZES = (8, 4096)
 
 
-def _check_count(value: object, what: str) -> None:
-    """A whole number of at least 1 (not a bool, not a float)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{what} must be a whole number, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{what} must be at least 1, got {value}")
+def check_image_size(size: object, *, name: str = "image_size") -> int:
+    """A side to resize images to, a whole number in ``IMAGE_SIZES``; ``name`` is what the
+    error calls it.
+
+    >>> check_image_size(3)
+    Traceback (most recent call last):
+    ValueError: image_size must be at least 8, got 3
+    """
+    return checks.whole(name, size, low=IMAGE_SIZES[0], high=IMAGE_SIZES[1])
 
 
-def _check_imbalance(imbalance: object) -> None:
-    if isinstance(imbalance, bool) or not isinstance(imbalance, numbers.Real):
-        raise ValueError(f"--imbalance must be a number, got {imbalance!r}")
-    if not 0 < imbalance <= 1:
-        raise ValueError(f"--imbalance is a ratio in (0, 1], got {imbalance}")
+def check_imbalance(
+    imbalance: object, dataset: str | None = None, *, name: str = "imbalance"
+) -> float:
+    """An imbalance ratio in (0, 1], of a long-tailed ``dataset`` when one is named; ``name``
+    is what the errors call it.
+
+    >>> check_imbalance(0.1, "cifar10-lt")
+    0.1
+    >>> check_imbalance(0.1, "cifar10")
+    Traceback (most recent call last):
+    ValueError: imbalance applies to cifar10-lt and cifar100-lt, not cifar10
+    """
+    if dataset is not None and not dataset.endswith("-lt"):
+        raise ValueError(f"{name} applies to cifar10-lt and cifar100-lt, not {dataset}")
+    return checks.number(name, imbalance, above=0, high=1)
 
 
-def long_tailed(dataset: ImageDataset, imbalance: float) -> ImageDataset:
-    """Exponential profile: class c keeps its first ``floor(n_max * r ** (c / (C - 1)))``."""
-    _check_imbalance(imbalance)
+def long_tailed(
+    dataset: ImageDataset, imbalance: float, *, name: str = "imbalance"
+) -> ImageDataset:
+    """Exponential profile: class c keeps its first ``floor(n_max * r ** (c / (C - 1)))``;
+    ``name`` is what the errors call ``imbalance``."""
+    check_imbalance(imbalance, name=name)
     num_classes = len(dataset.classes)
     n_max = int(torch.bincount(dataset.labels, minlength=num_classes).max())
     keep = []
@@ -240,7 +254,7 @@ def long_tailed(dataset: ImageDataset, imbalance: float) -> ImageDataset:
         count = long_tailed_count(n_max, imbalance, c, num_classes)
         if count == 0:
             raise ValueError(
-                f"--imbalance {imbalance} leaves class {dataset.classes[c]!r} of "
+                f"{name} {imbalance} leaves class {dataset.classes[c]!r} of "
                 f"{dataset.name} with no images (its largest class has {n_max}; "
                 f"at least {1 / n_max:.3g} keeps one)"
             )
@@ -257,9 +271,9 @@ def long_tailed_count(n_max: int, imbalance: float, c: int, num_classes: int) ->
 def balanced_subset(dataset: ImageDataset, n: int, *, subset_name: str = "subset") -> ImageDataset:
     """The first images of each label group, ``n`` in all, as even as can be; order kept.
 
-    ``subset_name`` is what the error messages call ``n`` (``--test-subset``, say).
+    ``subset_name`` is what the error messages call ``n`` (a command line's flag, say).
     """
-    _check_count(n, subset_name)
+    checks.whole(subset_name, n, low=1)
     return _balanced_subset(dataset, n, subset_name, dataset.name)
 
 
@@ -302,7 +316,7 @@ def validation_split(
     >>> len(rest), len(held_out), held_out.labels.tolist()
     (16, 4, [0, 1, 0, 1])
     """
-    _check_count(n, name)
+    checks.whole(name, n, low=1)
     if n >= len(dataset):
         raise ValueError(f"{name} must be below {len(dataset)}, the images of {dataset.name}")
     generator = torch.Generator().manual_seed(VALIDATION_SEED)

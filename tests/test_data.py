@@ -221,7 +221,7 @@ def test_imbalance_default_and_range(tmp_path):
     counts = torch.bincount(load_dataset("cifar10-lt", root=tmp_path).labels).tolist()
     assert counts[0] == 200 and counts[-1] == 2  # 200 * 0.01
     for split in ("train", "test"):
-        with pytest.raises(ValueError, match="imbalance is a ratio"):
+        with pytest.raises(ValueError, match=r"^imbalance must be in \(0, 1\], got 1.5$"):
             load_dataset("cifar10-lt", root=tmp_path, split=split, imbalance=1.5)
     with pytest.raises(ValueError, match="imbalance applies"):
         load_dataset("cifar10", root=tmp_path, imbalance=0.1)
@@ -383,7 +383,7 @@ def test_root_defaults_to_environment_then_data_folder(tmp_path, monkeypatch):
 def test_dataset_stats():
     assert data.dataset_stats("cifar10") == (data.CIFAR10_MEAN, data.CIFAR10_STD)
     assert data.dataset_stats("cifar100-lt") == (data.CIFAR100_MEAN, data.CIFAR100_STD)
-    with pytest.raises(ValueError, match="known: cifar10"):
+    with pytest.raises(ValueError, match="choose one of cifar10"):
         data.dataset_stats("mnist")
 
 
@@ -391,7 +391,9 @@ def test_dataset_stats():
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'; known: cifar10, cifar100"):
+    with pytest.raises(
+        ValueError, match="unknown dataset 'mnist'; choose one of cifar10, cifar100"
+    ):
         load_dataset("mnist")
 
 
@@ -574,15 +576,18 @@ def test_image_size_applies_to_stl10(tmp_path):
 @pytest.mark.parametrize(
     "value, message",
     [
-        (0, "at least 1, got 0"),
+        (0, "at least 8, got 0"),
+        (7, "at least 8, got 7"),
         (8.0, "a whole number, got 8.0"),
         ("8", "a whole number, got '8'"),
         (10**6, "at most 4096"),
     ],
 )
-def test_image_size_must_be_a_positive_whole_number(tmp_path, value, message):
-    with pytest.raises(ValueError, match=f"--image-size must be {message}"):
+def test_image_size_must_be_a_whole_number_in_range(tmp_path, value, message):
+    with pytest.raises(ValueError, match=f"^image_size must be {message}"):
         load_dataset("cifar10", root=tmp_path, image_size=value)
+    with pytest.raises(ValueError, match=f"^--image-size must be {message}"):
+        data.check_image_size(value, name="--image-size")
 
 
 # -- messages a user can act on -------------------------------------------------------------------
@@ -595,7 +600,7 @@ def test_image_size_must_be_a_positive_whole_number(tmp_path, value, message):
         (1e20, "must be a whole number, got 1e"),
         (5.5, "must be a whole number, got 5.5"),
         (True, "must be a whole number, got True"),
-        (0, "must be at least 1, got 0"),
+        (0, "must be positive, got 0"),
     ],
 )
 def test_subset_messages_name_the_option_the_caller_gives(tmp_path, value, message):
@@ -621,11 +626,15 @@ def test_subset_of_a_long_tailed_split_says_which_class_is_short(tmp_path):
 def test_an_imbalance_that_empties_a_class_is_refused(tmp_path):
     write_cifar_pickles(tmp_path, "cifar10", per_class=20, num_classes=10)
     with pytest.raises(
-        ValueError, match="--imbalance 0.01 leaves class 'class_006' of cifar10-lt with no images"
+        ValueError, match="^imbalance 0.01 leaves class 'class_006' of cifar10-lt with no images"
     ):
         load_dataset("cifar10-lt", root=tmp_path)
-    with pytest.raises(ValueError, match="--imbalance must be a number"):
+    with pytest.raises(ValueError, match="^--imbalance 0.01 leaves class 'class_006'"):
+        load_dataset("cifar10-lt", root=tmp_path, imbalance_name="--imbalance")
+    with pytest.raises(ValueError, match="^imbalance must be a finite number, got '0.1'"):
         load_dataset("cifar10-lt", root=tmp_path, imbalance="0.1")
+    with pytest.raises(ValueError, match="^--imbalance applies to cifar10-lt and cifar100-lt"):
+        load_dataset("cifar10", root=tmp_path, imbalance=0.1, imbalance_name="--imbalance")
 
 
 def test_an_unidentifiable_image_is_named_not_its_buffer(tmp_path, cache_home):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import pytest
 import torch
 from fake_cifar import write_fake_cifar10
 
-from dyntemp import data, optim, parts, runs, temperature, train
+from dyntemp import config, data, optim, parts, runs, temperature, train
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +106,82 @@ def test_temperature_options_map_to_each_rule():
         ({"amp": "fp8"}, "unknown --amp"),
         ({"channels_last": "maybe"}, "unknown --channels-last"),
         ({"out": None}, "output folder"),
+        ({"lr": 0}, r"^--lr must be > 0, got 0.0$"),
+        ({"weight_decay": -1e-4}, r"^--weight-decay must be >= 0"),
+        ({"momentum": 1}, r"^--momentum must be in \[0, 1\), got 1.0$"),
+        ({"moco_momentum": -0.1}, r"^--moco-momentum must be in \[0, 1\)"),
+        ({"warmup_epochs": 201}, r"^--warmup-epochs must be in \[0, 200\], got 201.0$"),
+        ({"crop_scale_min": 0}, r"^--crop-scale-min must be in \(0, 1\]"),
+        ({"blur": 2}, r"^--blur must be in \[0, 1\]"),
+        ({"subset": 0}, r"^--subset must be positive, got 0$"),
+        ({"validation": 2.5}, r"^--validation must be a whole number, got 2.5$"),
+        ({"queue_size": 0}, r"^--queue-size must be positive"),
+        ({"image_size": 3}, r"^--image-size must be at least 8, got 3$"),
+        ({"image_size": 5000}, r"^--image-size must be at most 4096"),
+        ({"imbalance": 0.1}, r"^--imbalance applies to cifar10-lt and cifar100-lt, not cifar10$"),
+        ({"dataset": "cifar10-lt", "imbalance": 0.0}, r"^--imbalance must be in \(0, 1\]"),
+        ({"temperature": "formula"}, r"^--temperature formula needs --formula"),
+        (
+            {"temperature": "macl", "decoupled": True},
+            r"turn the reweighting off \(--no-reweight\) or the decoupled loss off "
+            r"\(--no-decoupled\)$",
+        ),
     ],
 )
 def test_bad_settings_are_refused(changes, message, tmp_path):
     config = dataclasses.replace(train.TrainConfig(out=str(tmp_path)), **changes)
     with pytest.raises(ValueError, match=message):
         config.check()
+
+
+def test_the_config_has_a_field_for_each_argument_of_the_rules():
+    """A rule's new keyword argument needs a TrainConfig field of its name, and nothing else."""
+    fields = {f.name: f for f in dataclasses.fields(train.TrainConfig)}
+    arguments: dict[str, set[type]] = {}  # each argument with the types of its defaults
+    for name in temperature.NAMES:
+        rule = type(temperature.from_name(name))
+        for argument, parameter in inspect.signature(rule).parameters.items():
+            arguments.setdefault(argument, set()).add(type(parameter.default))
+    wanted = set(arguments) - set(config.SET_BY_THE_RUN)
+    missing = sorted(wanted - set(fields))
+    assert not missing, (
+        f"no TrainConfig field for the rules' argument(s) {missing}: add one of each name to "
+        f'dyntemp/config.py, as `name: float | None = _option("name")`'
+    )
+    marked = {name for name, f in fields.items() if f.metadata.get("rule")}
+    assert marked == wanted, (
+        f"fields marked as rule options but no rule's argument: {marked - wanted}"
+    )
+    assert set(config.TEMPERATURE_OPTIONS) == wanted
+    hints = {name: str(hint) for name, hint in train.TrainConfig.__annotations__.items()}
+    for name in sorted(wanted):
+        (kind,) = arguments[name]  # one type for every rule that takes it
+        assert fields[name].default is None, name  # None: the rule's own default
+        assert hints[name] == f"{kind.__name__} | None", (name, hints[name], kind)
+
+
+def test_a_temperature_options_help_says_which_rules_take_it():
+    fields = {f.name: f.metadata["help"] for f in dataclasses.fields(train.TrainConfig)}
+    assert fields["tau_min"].startswith(
+        "dystress, shifted, linear, exponential, schedule: the lowest temperature (default: 0.1)"
+    )
+    assert fields["tau_floor"] == "macl, learned: the lowest temperature (default: 0.01, CLIP's)"
+    assert fields["rate"] == temperature.option_help("rate")
+    assert config.flag("tau_floor") == "--tau-floor"
+
+
+def test_sizes_are_checked_against_the_images_and_the_processes(tmp_path):
+    moco = train.TrainConfig(out=str(tmp_path), method="moco", batch_size=64, queue_size=256)
+    moco.check()
+    moco.check_sizes(images=1000, world_size=2)
+    with pytest.raises(ValueError, match=r"^--queue-size 256 must hold at least one step's keys "):
+        moco.check_sizes(images=1000, world_size=4)  # 512 keys: 2 views x 64 x 4 processes
+    with pytest.raises(ValueError, match=r"^--batch-size 64 x 4 processes exceeds the 200 "):
+        dataclasses.replace(moco, method="simclr").check_sizes(images=200, world_size=4)
+    with pytest.raises(ValueError, match=r"^--knn-k 200 exceeds the 100 training images$"):
+        moco.check_sizes(images=100)
+    with pytest.raises(ValueError, match=r"^--queue-size 100 must hold at least one step's keys"):
+        dataclasses.replace(moco, queue_size=100).check()
 
 
 def test_presets():
