@@ -120,7 +120,7 @@ def _results() -> list[Result]:
             "hardness-awareness",
             "notebooks/02_gradients_of_ntxent",
             "The relative penalty of a negative is a Boltzmann distribution.",
-            sp.Eq(sp.Symbol("r_1"), boltzmann),
+            sp.Eq(sp.Symbol("rho_1"), boltzmann),
         ),
     ]
 
@@ -147,7 +147,8 @@ def _results() -> list[Result]:
         Result(
             "the-papers-slope-conditions",
             "notebooks/03_dynamic_temperature",
-            "DySTreSS meets the paper's slope conditions: cooler below 0, hotter above, bounded.",
+            "DySTreSS meets the paper's slope conditions: tau falls on (-1, 0) and rises on "
+            "(0, 1), with a bounded slope.",
             sp.Eq(sp.Derivative(t(s), s), sp.pi / 2 * (tmax - tmin) * sp.sin(sp.pi * s)),
         )
     )
