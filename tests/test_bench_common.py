@@ -34,4 +34,14 @@ def test_per_image_pipeline_makes_normalised_views_of_one_pil_image():
     assert view.shape == (3, 16, 16) and view.dtype == torch.float32
     # A flat gray image stays flat whatever the crop; only the colour jitter moves its level.
     assert float(view.std()) < 1e-5
-    common.sync("cpu")  # a no-op without CUDA
+
+
+def test_training_images_are_cifar_from_a_root_or_random(tmp_path):
+    from fake_cifar import write_fake_cifar10
+
+    random, said = common.training_images(None, 5)
+    assert random.shape == (5, 3, 32, 32) and random.dtype == torch.uint8 and "random" in said
+    assert torch.equal(random, common.training_images(None, 5)[0])  # the same every time
+    root = write_fake_cifar10(tmp_path / "data")
+    real, said = common.training_images(str(root), 7)
+    assert real.shape == (7, 3, 32, 32) and said == f"CIFAR-10 from {root}"

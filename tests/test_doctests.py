@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["dyntemp.loss", "dyntemp.moco", "dyntemp.runs"]
+MODULES = ["dyntemp.loss", "dyntemp.moco", "dyntemp.runs", "dyntemp.timing"]
 
 
 @pytest.mark.parametrize("name", MODULES)

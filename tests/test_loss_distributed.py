@@ -84,3 +84,36 @@ def test_two_processes_equal_one(distributed_results, name):
         # each rank's inputs get the sum over ranks' losses: WORLD x the full-batch gradient
         torch.testing.assert_close(got["x1"] / WORLD, g1[mine], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(got["x2"] / WORLD, g2[mine], rtol=1e-5, atol=1e-7)
+
+
+BACKENDS = [
+    pytest.param("gloo", "cpu", id="gloo"),
+    pytest.param(
+        "nccl",
+        "cuda",
+        id="nccl",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="nccl needs a GPU"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("backend", "device"), BACKENDS)
+def test_one_process_gathering_equals_no_gathering(backend, device):
+    """What ``bench gpu`` times (gather=True in a one-process group) computes the loss and
+    gradients of the loss without gathering."""
+    from dyntemp.bench.gpu import one_process_group
+
+    rule = T.DySTreSS(0.1, 0.2)
+    g = torch.Generator().manual_seed(1)
+    z1 = torch.randn(16, 8, generator=g).to(device).requires_grad_()
+    z2 = torch.randn(16, 8, generator=g).to(device).requires_grad_()
+    alone = ntxent(z1, z2, rule)
+    expected = torch.autograd.grad(alone, (z1, z2))
+    with one_process_group(backend, device):
+        for _ in range(2):
+            loss = ntxent(z1, z2, rule, gather=True)
+            grads = torch.autograd.grad(loss, (z1, z2))
+            torch.testing.assert_close(loss, alone, rtol=1e-6, atol=1e-6)
+            for got, want in zip(grads, expected, strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not dist.is_initialized()

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from dyntemp.augment import SimCLRAugment
-from dyntemp.bench.common import host_syncs, per_image_pipeline, sync, write_results
+from dyntemp.bench.common import host_syncs, per_image_pipeline, write_results
 from dyntemp.data import load_dataset
 from dyntemp.provenance import load_average, provenance, usable_cores
+from dyntemp.timing import sync
 
 CPU_GOAL = 4.0  # x the per-image pipeline over all cores
 GPU_GOAL = 200_000  # views/s at 32x32

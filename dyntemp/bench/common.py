@@ -1,5 +1,6 @@
-"""What the benchmarks share: waiting for the device, torchvision's per-image pipeline, and
-writing a results file with its provenance."""
+"""What the benchmarks share: CUDA's sync check, the training images, torchvision's per-image
+pipeline, and writing a results file with its provenance (waiting for the device and timing
+steps: ``dyntemp.timing``)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,9 @@ from typing import Any
 import torch
 
 from dyntemp import runs
-from dyntemp.data import CIFAR10_MEAN, CIFAR10_STD
+from dyntemp.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset
 
 RESULTS_FILE = runs.RESULTS_FILE  # the name of every results file
-
-
-def sync(device: torch.device | str) -> None:
-    """Wait for the work queued on ``device`` (a no-op on the CPU), so a clock can be read."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def host_syncs(fn: Callable[[], object]) -> str:
@@ -36,6 +30,17 @@ def host_syncs(fn: Callable[[], object]) -> str:
     finally:
         torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize()
+
+
+def training_images(root: str | None, count: int) -> tuple[torch.Tensor, str]:
+    """The first ``count`` CIFAR-10 training images from ``root``, or random ones where no
+    root is given (speed does not depend on content), and where they came from."""
+    if root is not None:
+        dataset = load_dataset("cifar10", root, "train")
+        return dataset.images[:count], f"CIFAR-10 from {root}"
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    return images, "random 32x32 images (speed does not depend on content)"
 
 
 def per_image_pipeline(

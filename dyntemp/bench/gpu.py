@@ -1,29 +1,32 @@
 """``python -m dyntemp bench gpu``: the GPU path, measured in one command.
 
 Meant to take at most about five minutes on one GPU. It prints a short table and writes
-``results/bench-gpu/results.json`` with the provenance. It measures:
+``results/bench-gpu/results.json`` with the provenance. With the other benchmarks' own
+functions it measures:
 
-* **views**: ``SimCLRAugment`` views per second at 32x32, in batches of 512, and for one
-  whole epoch of two views of 50,000 images through ``ViewBatches`` (goal >= 1,000,000
-  views/s on an H100-class GPU, >= 200,000 at the least), and whether a step makes the host
-  wait for the GPU (CUDA's sync debug mode);
+* **views**: ``SimCLRAugment`` views per second at 32x32 in batches of 512
+  (``bench.augment.time_batched``) and over one epoch of two views of 50,000 images through
+  ``ViewBatches``, and whether a step makes the host wait for the GPU (CUDA's sync debug
+  mode);
 * **loss**: ``ntxent`` forward+backward at 2N = 1024, 4096, 16384 views of D = 128, with
-  DySTreSS (0.1, 0.2) and a fixed tau = 0.2: median time and peak memory
-  (``torch.cuda.max_memory_allocated`` above what was allocated before), beside the plain
-  autograd ``reference_ntxent`` and lightly's ``NTXentLoss`` when it is installed;
-* **training**: ResNet-18 SimCLR on the real CIFAR-10 (``DYNTEMP_DATA``) with the real
-  trainer, two epochs per setting: amp auto (bf16 on compute capability >= 8, else fp16),
-  fp16 with the GradScaler and DySTreSS down to tau = 0.05, channels_last off, and
-  ``torch.compile``. The second epoch is the one timed (the first includes cuDNN's
-  autotuning and compilation): its training seconds (images / images_per_s, without the
-  final kNN) and images/s, and whether every epoch's loss is finite (goal < 2 s per epoch
-  on an H100-class GPU);
-* **NCCL**: a one-process ``nccl`` group and a few ``ntxent(..., gather=True)`` steps,
-  which must equal the loss and gradients without gathering;
+  DySTreSS (0.1, 0.2) and a fixed tau = 0.2, beside the plain autograd ``reference_ntxent``
+  and lightly's ``NTXentLoss`` when it is installed: median time and peak memory
+  (``bench.loss``);
+* **training**: the trainer's ResNet-18 SimCLR steps on CIFAR-10 (``DYNTEMP_DATA``; random
+  images without it, at the same speed) in four settings: amp auto (bf16 on compute
+  capability >= 8, else fp16), fp16 with the GradScaler and DySTreSS down to tau = 0.05,
+  channels_last off, and ``torch.compile``. Each is timed by ``dyntemp.timing.epoch_seconds``,
+  the step timer of ``bench train`` too: one epoch's steps after 20 untimed ones (cuDNN's
+  autotuning, compilation), its seconds and images/s, and whether every loss is finite;
+* **NCCL**: milliseconds of an ``ntxent(..., gather=True)`` step in a one-process ``nccl``
+  group (that it equals the loss without gathering is tested, in the tests);
 * the machine: GPU name, compute capability, memory, torch, CUDA and cuDNN versions.
 
+The goals: at least 1,000,000 views/s on an H100-class GPU (200,000 at the least), and an
+epoch of CIFAR-10 training steps of ResNet-18 in under 2 s on an H100-class GPU.
+
 Without CUDA it says so in one line and exits 0. The measurement functions take a device,
-so a test runs them on the CPU at tiny sizes.
+so the tests run them on the CPU at tiny sizes.
 """
 
 from __future__ import annotations
@@ -31,12 +34,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import socket
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -45,10 +46,15 @@ from typing import Any
 import torch
 
 from dyntemp.augment import SimCLRAugment, ViewBatches
-from dyntemp.bench.common import host_syncs, sync, write_results
+from dyntemp.bench.augment import test_images, time_batched
+from dyntemp.bench.common import host_syncs, training_images, write_results
+from dyntemp.bench.loss import peak_memory, time_alternately
+from dyntemp.config import TrainConfig
 from dyntemp.loss import ntxent, reference_ntxent
+from dyntemp.precision import by_rule
 from dyntemp.provenance import provenance
 from dyntemp.temperature import DySTreSS
+from dyntemp.timing import epoch_seconds, time_steps
 
 DEFAULT_OUT = Path("results") / "bench-gpu"
 VIEWS_GOAL = 1_000_000  # views/s on an H100-class GPU
@@ -86,12 +92,6 @@ def machine_info(device: torch.device | str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- views
 
 
-def _images(count: int, size: int = 32) -> tuple[torch.Tensor, str]:
-    from dyntemp.bench.augment import test_images
-
-    return test_images(count, size)
-
-
 def measure_views(
     device: torch.device | str,
     batch: int = 512,
@@ -106,28 +106,14 @@ def measure_views(
     ``ViewBatches`` pass over ``epoch_images`` images (two views each), as training runs it.
     """
     device = torch.device(device)
-    images, source = _images(max(epoch_images, 8 * batch), size)
+    images, source = test_images(max(epoch_images, 8 * batch), size)
     images = images.to(device)
     augment = SimCLRAugment(size=size)
-    generator = torch.Generator(device=device).manual_seed(0)
-    augment(images[:batch], generator)  # first calls: kernels, the normalisation constants
-
-    def batches() -> float:
-        sync(device)
-        start = time.perf_counter()
-        for i in range(8):
-            augment(images[i * batch : (i + 1) * batch], generator)
-        sync(device)
-        return 8 * batch / (time.perf_counter() - start)
-
-    rates = [batches() for _ in range(rounds)]
+    eight = images[: 8 * batch]
+    time_batched(augment, eight, batch, seed=0)  # first calls: kernels, the constants
+    rates = [time_batched(augment, eight, batch, seed=r) for r in range(rounds)]
     epoch = ViewBatches(images[:epoch_images], batch, augment, seed=0, epoch=0)
-    sync(device)
-    start = time.perf_counter()
-    for _ in epoch:
-        pass
-    sync(device)
-    seconds = time.perf_counter() - start
+    seconds = time_steps(iter(epoch), len(epoch), device)
     result: dict[str, Any] = {
         "images": source,
         "size": size,
@@ -174,8 +160,6 @@ def measure_loss(
     repeats: int = 10,
 ) -> list[dict[str, Any]]:
     """Median forward+backward milliseconds and peak MiB (CUDA only) of each candidate."""
-    from dyntemp.bench.loss import peak_memory, time_alternately
-
     device = torch.device(device)
     losses = loss_candidates()
     rows = []
@@ -224,81 +208,61 @@ TRAINING_ROWS = (
 )
 
 
-def _epochs(folder: Path) -> list[dict[str, Any]]:
-    from dyntemp.runs import METRICS_FILE
-
-    text = (folder / METRICS_FILE).read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 def measure_training(
     device: torch.device | str,
     data_root: str | None,
     rows: Sequence[TrainingRow] = TRAINING_ROWS,
     *,
     model: str = "resnet18",
-    epochs: int = 2,
     batch_size: int = 512,
-    subset: int | None = None,
-    test_subset: int | None = 1000,
+    images: int = 50_000,
+    warmup: int = 20,
     deadline: float = math.inf,
 ) -> list[dict[str, Any]]:
-    """Train each row for ``epochs`` with ``dyntemp.train.train`` in a temporary folder.
-
-    Per row: every epoch's seconds, images/s and loss from the run's ``metrics.jsonl``; the
-    last epoch is the timed one (``train_seconds`` = its images / its images/s, without
-    the kNN evaluation at the end). A row that fails records its error and the others go
-    on; rows that would start after ``deadline`` (``time.perf_counter()``) are skipped.
-    """
-    from dyntemp.train import TrainConfig, train
-
+    """One epoch of the trainer's steps per row on the first ``images`` training images
+    (``timing.epoch_seconds`` after ``warmup`` untimed steps): its seconds, images/s and
+    whether every loss was finite. A row that fails records its error and the others go
+    on; rows that would start after ``deadline`` (``time.perf_counter()``) are skipped."""
     device = torch.device(device)
+    pictures, source = training_images(data_root if _has_cifar10(data_root) else None, images)
+    pictures = pictures.to(device)
     results = []
-    with tempfile.TemporaryDirectory(prefix="dyntemp-bench-gpu-") as scratch:
-        for index, row in enumerate(rows):
-            entry: dict[str, Any] = {"name": row.name, **row.fields}
-            if time.perf_counter() > deadline:
-                entry["skipped"] = "the time budget was spent"
-                results.append(entry)
-                continue
-            folder = Path(scratch) / f"row-{index}"
+    for row in rows:
+        entry: dict[str, Any] = {"name": row.name, **row.fields}
+        if time.perf_counter() > deadline:
+            entry["skipped"] = "the time budget was spent"
+        else:
             config = TrainConfig(
-                out=str(folder),
-                model=model,
-                epochs=epochs,
-                batch_size=batch_size,
-                eval_every=0,
-                progress=False,
-                device=str(device),
-                data_root=data_root,
-                subset=subset,
-                test_subset=test_subset,
-                **row.fields,
+                model=model, batch_size=batch_size, device=str(device), **row.fields
             )
-            started = time.perf_counter()
-            try:
-                outcome = train(config)
-                history = _epochs(folder)
-            except Exception as error:  # a failing setting is a result too
-                entry["error"] = f"{type(error).__name__}: {error}"
-                results.append(entry)
-                continue
-            last = history[-1]
-            images = last["step"] // last["epoch"] * batch_size  # one epoch's images
-            entry.update(
-                amp_dtype=outcome["provenance"]["amp"],
-                epochs=[
-                    {k: e.get(k) for k in ("epoch", "seconds", "images_per_s", "loss")}
-                    for e in history
-                ],
-                train_seconds=images / last["images_per_s"],
-                images_per_s=last["images_per_s"],
-                losses_finite=all(math.isfinite(e["loss"]) for e in history),
-                knn_top1=outcome.get("knn_top1"),
-                wall_seconds=time.perf_counter() - started,
-            )
-            results.append(entry)
+            entry.update(_time_a_setting(config, pictures, device, warmup), images=source)
+        results.append(entry)
     return results
+
+
+def _has_cifar10(root: str | None) -> bool:
+    return root is not None and any(
+        (Path(root) / name).is_dir() for name in ("train", "cifar-10-batches-py")
+    )
+
+
+def _time_a_setting(
+    config: TrainConfig, images: torch.Tensor, device: torch.device, warmup: int
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        amp = by_rule(config.amp, config.channels_last, device).amp
+        epoch = epoch_seconds(config, images, device, warmup=warmup)
+    except Exception as error:  # a failing setting is a result too
+        return {"error": f"{type(error).__name__}: {error}"}
+    return {
+        "amp_dtype": amp,
+        "steps": epoch["steps"],
+        "train_seconds": epoch["seconds"],
+        "images_per_s": epoch["images_per_s"],
+        "losses_finite": epoch["losses_finite"],
+        "wall_seconds": time.perf_counter() - started,
+    }
 
 
 # ----------------------------------------------------------------------------- NCCL
@@ -311,10 +275,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _one_process_group(backend: str, device: torch.device) -> Iterator[None]:
+def one_process_group(backend: str, device: torch.device | str) -> Iterator[None]:
     """A process group of this process alone, left and its environment restored after."""
     import torch.distributed as dist
 
+    device = torch.device(device)
     if dist.is_initialized():
         raise RuntimeError("a process group is already initialised")
     saved = {name: os.environ.get(name) for name in ("MASTER_ADDR", "MASTER_PORT")}
@@ -345,37 +310,29 @@ def measure_nccl(
     batch: int = 256,
     dim: int = 128,
 ) -> dict[str, Any]:
-    """A few ``ntxent(..., gather=True)`` steps in a one-process group (``nccl`` on a GPU,
-    ``gloo`` on the CPU): the loss and gradients must be those without gathering."""
+    """Median milliseconds of an ``ntxent(..., gather=True)`` forward+backward in a
+    one-process group (``nccl`` on a GPU, ``gloo`` on the CPU), after one untimed step."""
     device = torch.device(device)
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     rule = DySTreSS(0.1, 0.2)
     g = torch.Generator().manual_seed(1)
     z1 = torch.randn(batch, dim, generator=g).to(device).requires_grad_()
     z2 = torch.randn(batch, dim, generator=g).to(device).requires_grad_()
-    alone = ntxent(z1, z2, rule)
-    expected = torch.autograd.grad(alone, (z1, z2))
-    difference = 0.0
-    times = []
-    with _one_process_group(backend, device):
-        for _ in range(steps):
-            sync(device)
-            start = time.perf_counter()
-            loss = ntxent(z1, z2, rule, gather=True)
-            grads = torch.autograd.grad(loss, (z1, z2))
-            sync(device)
-            times.append(time.perf_counter() - start)
-            difference = max(
-                [difference, abs(float(loss.detach()) - float(alone.detach()))]
-                + [float((a - b).abs().max()) for a, b in zip(grads, expected, strict=True)]
-            )
+
+    def gathered_steps() -> Iterator[None]:
+        while True:
+            torch.autograd.grad(ntxent(z1, z2, rule, gather=True), (z1, z2))
+            yield
+
+    with one_process_group(backend, device):
+        step = gathered_steps()
+        time_steps(step, 1, device)
+        times = [time_steps(step, 1, device) for _ in range(steps)]
     return {
         "backend": backend,
         "steps": steps,
         "views": 2 * batch,
         "ms_per_step": 1000 * statistics.median(times),
-        "max_difference": difference,
-        "matches_one_process": difference <= 1e-5,
     }
 
 
@@ -386,57 +343,74 @@ def _number(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def format_report(result: dict[str, Any]) -> str:
-    lines = []
-    m = result["machine"]
-    lines.append(
+def _machine_line(m: dict[str, Any]) -> str:
+    return (
         f"{m.get('gpu', m['device'])}, capability {m.get('capability', '-')}, "
         f"{m.get('memory_gib', '-')} GiB; torch {m['torch']}, CUDA {m['cuda']}, "
         f"cuDNN {m['cudnn']}"
     )
-    v = result.get("views")
-    if v:
+
+
+def _views_lines(v: dict[str, Any]) -> list[str]:
+    return [
+        f"views {v['size']}x{v['size']} ({v['images']}): {v['views_per_s']:,.0f}/s in "
+        f"batches of {v['batch']}; {v['epoch_views_per_s']:,.0f}/s over an epoch of "
+        f"{v['epoch_views']:,} views ({v['epoch_seconds']:.2f} s); host syncs: "
+        f"{v['host_syncs']}"
+    ]
+
+
+def _loss_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [f"{'2N':>6}  {'loss':<36} {'fwd+bwd ms':>10} {'peak MiB':>9}  host syncs"]
+    for r in rows:
         lines.append(
-            f"views {v['size']}x{v['size']} ({v['images']}): {v['views_per_s']:,.0f}/s in "
-            f"batches of {v['batch']}; {v['epoch_views_per_s']:,.0f}/s over an epoch of "
-            f"{v['epoch_views']:,} views ({v['epoch_seconds']:.2f} s); host syncs: "
-            f"{v['host_syncs']}"
+            f"{r['views']:>6}  {r['loss']:<36} {r['ms']:>10.2f} "
+            f"{_number(r['peak_mib'], '.1f'):>9}  {(r['host_syncs'] or '-')[:40]}"
         )
+    return lines
+
+
+def _training_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [f"{'training':<40} {'amp':>8} {'s/epoch':>8} {'images/s':>9}  losses"]
+    for r in rows:
+        if "error" in r or "skipped" in r:
+            lines.append(f"{r['name']:<40} {r.get('error') or r['skipped']}")
+            continue
+        lines.append(
+            f"{r['name']:<40} {r['amp_dtype']:>8} {r['train_seconds']:>8.2f} "
+            f"{r['images_per_s']:>9,.0f}  {'finite' if r['losses_finite'] else 'NOT finite'}"
+        )
+    return lines
+
+
+def _nccl_line(n: dict[str, Any]) -> str:
+    if "error" in n:
+        return f"{n.get('backend', 'nccl')}: {n['error']}"
+    return (
+        f"{n['backend']}, one process, gather=True: {n['ms_per_step']:.2f} ms per step of "
+        f"{n['views']} views"
+    )
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The machine, then a line or table per measurement, then the goals."""
+    lines = [_machine_line(result["machine"])]
+    if result.get("views"):
+        lines += _views_lines(result["views"])
     if result.get("loss"):
-        lines.append(f"{'2N':>6}  {'loss':<36} {'fwd+bwd ms':>10} {'peak MiB':>9}  host syncs")
-        for r in result["loss"]:
-            syncs = r["host_syncs"] or "-"
-            lines.append(
-                f"{r['views']:>6}  {r['loss']:<36} {r['ms']:>10.2f} "
-                f"{_number(r['peak_mib'], '.1f'):>9}  {syncs[:40]}"
-            )
+        lines += _loss_lines(result["loss"])
     if result.get("training"):
-        lines.append(f"{'training':<40} {'amp':>8} {'s/epoch':>8} {'images/s':>9}  losses")
-        for r in result["training"]:
-            if "error" in r or "skipped" in r:
-                lines.append(f"{r['name']:<40} {r.get('error') or r['skipped']}")
-                continue
-            lines.append(
-                f"{r['name']:<40} {r['amp_dtype']:>8} {r['train_seconds']:>8.2f} "
-                f"{r['images_per_s']:>9,.0f}  {'finite' if r['losses_finite'] else 'NOT finite'}"
-            )
-    n = result.get("nccl")
-    if n:
-        if "error" in n:
-            lines.append(f"{n.get('backend', 'nccl')}: {n['error']}")
-        else:
-            lines.append(
-                f"{n['backend']}, one process, gather=True: {n['ms_per_step']:.2f} ms per step "
-                f"of {n['views']} views; equal to no gathering: {n['matches_one_process']} "
-                f"(max difference {n['max_difference']:.1e})"
-            )
-    for goal in result.get("goals", []):
-        lines.append(f"goal: {goal}")
+        lines += _training_lines(result["training"])
+    if result.get("nccl"):
+        lines.append(_nccl_line(result["nccl"]))
+    lines += [f"goal: {goal}" for goal in result.get("goals", [])]
     return "\n".join(lines)
 
 
 def goals(result: dict[str, Any]) -> list[str]:
-    """The issue's goals, each with its figure and whether it was met."""
+    """The goals measured, each with its figure and whether it was met: at least
+    ``VIEWS_GOAL`` views/s on an H100-class GPU (``VIEWS_FLOOR`` at the least), and an epoch
+    of training steps in under ``EPOCH_GOAL_S`` seconds there (the fastest setting)."""
     found = []
     v = result.get("views")
     if v:
@@ -458,7 +432,7 @@ def goals(result: dict[str, Any]) -> list[str]:
 
 
 def failures(result: dict[str, Any]) -> list[str]:
-    """What went wrong: errors, non-finite losses, host syncs, a gather that differs."""
+    """What went wrong: errors, non-finite losses, host syncs."""
     found = []
     for r in result.get("training", []):
         if "error" in r:
@@ -468,18 +442,9 @@ def failures(result: dict[str, Any]) -> list[str]:
     syncs = [result.get("views", {}).get("host_syncs")]
     syncs += [r["host_syncs"] for r in result.get("loss", [])]
     found += [f"host sync: {s}" for s in syncs if s not in (None, "none")]
-    n = result.get("nccl", {})
-    if "error" in n:
-        found.append(f"nccl: {n['error']}")
-    elif n and not n["matches_one_process"]:
-        found.append("nccl: gather=True differs from one process")
+    if "error" in result.get("nccl", {}):
+        found.append(f"nccl: {result['nccl']['error']}")
     return found
-
-
-def _has_cifar10(root: str | None) -> bool:
-    return root is not None and any(
-        (Path(root) / name).is_dir() for name in ("train", "cifar-10-batches-py")
-    )
 
 
 def run(
@@ -506,8 +471,6 @@ def run(
         result["nccl"] = {"backend": "nccl", "error": f"{type(error).__name__}: {error}"}
     if skip_training:
         result["training_note"] = "skipped (--skip-training)"
-    elif not _has_cifar10(data_root):
-        result["training_note"] = "skipped: no CIFAR-10 (set DYNTEMP_DATA or --data-root)"
     else:
         deadline = started + budget - 45  # a row takes well under 45 s after the first
         result["training"] = measure_training(

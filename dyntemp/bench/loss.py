@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 
-from dyntemp.bench.common import sync, write_results
+from dyntemp.bench.common import write_results
 from dyntemp.formula import Formula
 from dyntemp.loss import ntxent, reference_ntxent
 from dyntemp.provenance import provenance
 from dyntemp.temperature import DySTreSS
+from dyntemp.timing import sync
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -46,14 +46,12 @@ import numpy as np
 import torch
 
 from dyntemp import data, models
-from dyntemp.augment import ViewBatches
-from dyntemp.bench.common import per_image_pipeline, sync, write_results
+from dyntemp.bench.common import per_image_pipeline, training_images, write_results
 from dyntemp.config import TrainConfig
 from dyntemp.cpu_share import ThreadGuard
-from dyntemp.distributed import Context
 from dyntemp.loss import reference_ntxent
 from dyntemp.provenance import load_average, native_bf16_cpu, provenance
-from dyntemp.train import start_run, train_step
+from dyntemp.timing import epoch_seconds, time_steps, trainer_steps
 
 Step = Callable[[], None]
 
@@ -79,8 +77,8 @@ def dyntemp_steps(
     device: torch.device,
     amp: str = "auto",
     channels_last: str = "auto",
-) -> Iterator[None]:
-    """Endless steps of the trainer itself (``train_step``); each ``next`` runs one."""
+) -> Iterator[torch.Tensor]:
+    """Endless steps of the trainer itself (``timing.trainer_steps``); each ``next`` runs one."""
     config = TrainConfig(
         out="unused",
         model=model_name,
@@ -91,13 +89,7 @@ def dyntemp_steps(
         amp=amp,
         channels_last=channels_last,
     )
-    run = start_run(config, Context(0, 1, 0, device), images)
-    step = 0
-    while True:
-        for view1, view2 in ViewBatches(run.images, batch_size, run.augment, seed=0, epoch=step):
-            train_step(run, view1, view2, step % run.total_steps)
-            step += 1
-            yield
+    return trainer_steps(config, images, device)
 
 
 class _PairDataset(torch.utils.data.Dataset):
@@ -188,40 +180,23 @@ def _forever(loader) -> Iterator:
         yield from loader
 
 
-def _time(steps: Iterator[None], count: int, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(count):
-        next(steps)
-    sync(device)
-    return time.perf_counter() - start
-
-
-def _images(root: str | None, count: int) -> tuple[torch.Tensor, str]:
-    if root is not None:
-        dataset = data.load_dataset("cifar10", root, "train")
-        return dataset.images[:count], f"CIFAR-10 from {root}"
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    return images, "random 32x32 images (speed does not depend on content)"
-
-
 def compare_on_cpu(args: argparse.Namespace) -> dict:
     """Rounds of each dyntemp variant and of the reference, alternately; images/s of each."""
     device = torch.device("cpu")
-    images, source = _images(args.data_root, args.images)
+    images, source = training_images(args.data_root, args.images)
     ours = {
         name: dyntemp_steps(images, args.batch_size, args.model, device, amp, layout)
         for name, (amp, layout) in VARIANTS.items()
     }
     theirs, loss_name = reference_rounds(images, args.batch_size, args.workers, args.model)
     for steps in ours.values():
-        _time(steps, 3, device)  # warm-up: first calls
+        time_steps(steps, 3, device)  # warm-up: first calls
     theirs(3)
     rates: dict[str, list[float]] = {name: [] for name in [*ours, "reference"]}
     for round_index in range(args.rounds):
         for name, steps in ours.items():
-            rates[name].append(args.steps * args.batch_size / _time(steps, args.steps, device))
+            seconds = time_steps(steps, args.steps, device)
+            rates[name].append(args.steps * args.batch_size / seconds)
         rates["reference"].append(args.steps * args.batch_size / theirs(args.steps))
         said = ", ".join(f"{name} {values[-1]:.0f}" for name, values in rates.items())
         print(f"round {round_index + 1} (images/s): {said}", flush=True)
@@ -230,14 +205,14 @@ def compare_on_cpu(args: argparse.Namespace) -> dict:
         guard = ThreadGuard()
         rows = {**ours, GUARDED: _guarded(ours["dyntemp bf16"], guard)}
         with _competing_process():
-            _time(rows[GUARDED], args.steps, device)  # untimed: the guard finds the load
+            time_steps(rows[GUARDED], args.steps, device)  # untimed: the guard finds the load
             for round_index in range(args.rounds):
                 for name, steps in rows.items():
                     if name == GUARDED:
                         guard.apply()  # its choice for the load it measured
                     else:
                         torch.set_num_threads(guard.threads)  # the threads it started with
-                    seconds = _time(steps, args.steps, device)
+                    seconds = time_steps(steps, args.steps, device)
                     loaded.setdefault(name, []).append(args.steps * args.batch_size / seconds)
                 said = ", ".join(f"{name} {values[-1]:.0f}" for name, values in loaded.items())
                 print(f"under load, round {round_index + 1} (images/s): {said}", flush=True)
@@ -281,19 +256,18 @@ def _competing_process() -> Iterator[None]:
 
 def cuda_epoch(args: argparse.Namespace, device: torch.device) -> dict:
     """Seconds of one CIFAR-10-sized epoch (50,000 images) of ResNet-18, the trainer's step
-    (amp auto: bf16, or fp16 with its GradScaler; channels_last; cuDNN autotuning)."""
-    images, source = _images(args.data_root, 50_000)
+    (amp auto: bf16, or fp16 with its GradScaler; channels_last; cuDNN autotuning), timed
+    by ``timing.epoch_seconds`` after 20 untimed steps."""
+    images, source = training_images(args.data_root, 50_000)
     images = images.to(device)
     results = {"images": source, "model": "resnet18"}
     for batch_size in args.gpu_batch_sizes:
-        steps = dyntemp_steps(images, batch_size, "resnet18", device)
-        _time(steps, 20, device)  # warm-up: cuDNN autotuning, first calls
-        count = len(images) // batch_size
-        seconds = _time(steps, count, device)
-        results[f"epoch_seconds_batch_{batch_size}"] = seconds
+        config = TrainConfig(out="unused", model="resnet18", batch_size=batch_size, epochs=1000)
+        epoch = epoch_seconds(config, images, device, warmup=20)
+        results[f"epoch_seconds_batch_{batch_size}"] = epoch["seconds"]
         print(
-            f"ResNet-18, batch {batch_size}: {seconds:.2f} s per epoch of "
-            f"{count * batch_size} images ({count * batch_size / seconds:.0f} images/s)"
+            f"ResNet-18, batch {batch_size}: {epoch['seconds']:.2f} s per epoch of "
+            f"{epoch['steps'] * batch_size} images ({epoch['images_per_s']:.0f} images/s)"
         )
     return results
 
