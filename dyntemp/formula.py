@@ -41,6 +41,10 @@ own intermediate results (out of place while autograd records), so the DySTreSS 
 the very operations of ``DySTreSS.tau``; it keeps s's dtype and device and never reads a
 value back to the host. A formula that reads both s and progress needs the progress for its
 derivative too: ``rule.derivative(s, progress)``, ``rule.logit_slope(s, progress=...)``.
+
+This module builds on ``dyntemp.rule`` (the base class) and ``dyntemp.checks`` alone;
+``dyntemp.temperature`` imports it, registers ``Formula`` as the rule ``"formula"`` and runs
+its compiled code for the rules written as SymPy expressions (``ProfileRule``).
 """
 
 from __future__ import annotations
