@@ -6,6 +6,8 @@ For 2N views z_1..z_2N (L2-normalised), s_ik = z_i . z_k and p(i) the other view
 
 The temperature tau_ik = rule(s_ik) is evaluated on the true similarities (the self-pair
 is masked afterwards). With ``decoupled=True`` the positive leaves the denominator (DCL).
+``pairwise_ntxent`` is the same loss for queries against their own keys and a set of
+shared negatives (MoCo's queue), with the same backward.
 
 Speed: one similarity matrix, worked on in place; no Python loop over the batch, no
 boolean-mask gathers. The backward is written out: with P the softmax over k != i,
