@@ -31,9 +31,8 @@ from typing import Any
 
 import torch
 
-from dyntemp import parts, runs, stored
+from dyntemp import parts, runs, stored, timing
 from dyntemp import train as training
-from dyntemp.augment import ViewBatches
 from dyntemp.catalogue import (
     CONFIGS,
     LABELS,
@@ -248,23 +247,9 @@ def missing(names: Iterable[str], scale: str) -> list[tuple[str, int]]:
 
 
 def step_seconds(scale: str, steps: int = 6) -> float:
-    """Seconds of one training step of the scale's network on this machine, measured."""
-    import time
-
-    from dyntemp import distributed
-
-    cfg = run_config("fixed-0.2", 0, scale)
-    device = distributed.choose_device(cfg.device)
-    images = torch.randint(0, 256, (2 * cfg.batch_size, 3, 32, 32), dtype=torch.uint8)
-    run = training.start_run(cfg, distributed.Context(0, 1, 0, device), images)
-    batches = ViewBatches(run.images, cfg.batch_size, run.augment, seed=0, epoch=0)
-    view1, view2 = next(iter(batches))
-    times = []
-    for step in range(steps):
-        begin = time.perf_counter()
-        training.train_step(run, view1, view2, step).item()
-        times.append(time.perf_counter() - begin)
-    return sorted(times[steps // 2 :])[0] if steps > 1 else times[0]
+    """Seconds of one training step of the scale's network on this machine, measured
+    (``dyntemp.timing.step_seconds``)."""
+    return timing.step_seconds(run_config("fixed-0.2", 0, scale), steps=steps)
 
 
 def plan(names: Iterable[str], scale: str) -> str:

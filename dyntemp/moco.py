@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from dyntemp import checks
 from dyntemp.loss import mean_positive_similarity, pairwise_ntxent
 from dyntemp.temperature import TemperatureRule
 
@@ -47,10 +48,8 @@ class MoCo:
     def __init__(
         self, model: nn.Module, *, queue_size: int, dim: int, momentum: float, seed: int = 0
     ) -> None:
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be positive, got {queue_size}")
+        momentum = checks.number("momentum", momentum, low=0, below=1)
+        checks.whole("queue_size", queue_size, low=1)
         self.encoder = copy.deepcopy(model)
         self.encoder.requires_grad_(False)
         self.momentum = float(momentum)

@@ -21,7 +21,7 @@ from torch import nn
 
 from dyntemp import data, evaluate, models
 from dyntemp.augment import SimCLRAugment
-from dyntemp.config import TrainConfig
+from dyntemp.config import TrainConfig, flag
 
 
 @dataclass
@@ -37,28 +37,32 @@ def load_splits(config: TrainConfig) -> Splits:
     """The training set (imbalance, validation held out, then subset), the validation set
     and the test set (test_subset) of ``config``."""
 
-    def split(name: str, subset: int | None, flag: str, **options: Any) -> data.ImageDataset:
+    def split(name: str, subset: int | None, field: str, **options: Any) -> data.ImageDataset:
         return data.load_dataset(
             config.dataset,
             config.data_root,
             name,
             config.download,
             subset=subset,
-            subset_name=flag,
+            subset_name=flag(field),
             image_size=config.image_size,
             **options,
         )
 
-    imbalance = {} if config.imbalance is None else {"imbalance": config.imbalance}
+    imbalance = {}
+    if config.imbalance is not None:
+        imbalance = {"imbalance": config.imbalance, "imbalance_name": flag("imbalance")}
     validation = None
     if config.validation is None:
-        train_set = split("train", config.subset, "--subset", **imbalance)
+        train_set = split("train", config.subset, "subset", **imbalance)
     else:
-        full = split("train", None, "--subset", **imbalance)
-        train_set, validation = data.validation_split(full, config.validation, name="--validation")
+        full = split("train", None, "subset", **imbalance)
+        train_set, validation = data.validation_split(
+            full, config.validation, name=flag("validation")
+        )
         if config.subset is not None:
-            train_set = data.balanced_subset(train_set, config.subset, subset_name="--subset")
-    return Splits(train_set, validation, split("test", config.test_subset, "--test-subset"))
+            train_set = data.balanced_subset(train_set, config.subset, subset_name=flag("subset"))
+    return Splits(train_set, validation, split("test", config.test_subset, "test_subset"))
 
 
 def load_data(config: TrainConfig) -> tuple[data.ImageDataset, data.ImageDataset]:

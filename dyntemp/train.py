@@ -333,7 +333,7 @@ def train(config: TrainConfig, *, command: str | None = None) -> dict[str, Any]:
     try:
         amp_dtype(config.amp, context.device)  # refused here, before the folder is touched
         splits = load_splits(config)
-        _check_sizes(config, context.world_size, len(splits.train))
+        config.check_sizes(len(splits.train), context.world_size)
         out = Path(config.out)
         if runs.inspect(out, config, context.world_size).status == "finished":
             return runs.read_json(out / runs.RESULTS_FILE)
@@ -342,22 +342,6 @@ def train(config: TrainConfig, *, command: str | None = None) -> dict[str, Any]:
             return _train_in_folder(config, context, splits, command)
     finally:
         distributed.cleanup(context)
-
-
-def _check_sizes(config: TrainConfig, world_size: int, images: int) -> None:
-    batch = f"--batch-size {config.batch_size}"
-    if world_size > 1:
-        batch += f" x {world_size} processes"
-    if config.batch_size * world_size > images:
-        raise ValueError(f"{batch} exceeds the {images} training images")
-    if config.knn_k > images:
-        raise ValueError(f"--knn-k {config.knn_k} exceeds the {images} training images")
-    keys = 2 * config.batch_size * world_size
-    if config.method == "moco" and config.queue_size < keys:
-        raise ValueError(
-            f"--queue-size {config.queue_size} must hold at least one step's keys ({keys}: two "
-            f"views of {batch})"
-        )
 
 
 def _train_in_folder(
@@ -422,24 +406,15 @@ def probe_step(
     steps: int = 3,
 ) -> float:
     """Images per second of the trainer's step under one arithmetic, on random images of the
-    run's size: two steps to warm up, then the fastest of ``steps``. The global RNG is left
-    as it was, so the run that follows starts exactly as without the probe."""
-    size = config.image_size or 32
-    state = torch.get_rng_state()
-    try:
-        images = torch.randint(0, 256, (2 * config.batch_size, 3, size, size), dtype=torch.uint8)
-        probe = start_run(config, context, images, Precision(dtype, channels_last, "probe"))
-        batches = ViewBatches(probe.images, config.batch_size, probe.augment, seed=0, epoch=0)
-        view1, view2 = next(iter(batches))
-        best = float("inf")
-        for step in range(2 + steps):
-            began = time.perf_counter()
-            train_step(probe, view1, view2, step).item()
-            if step >= 2:
-                best = min(best, time.perf_counter() - began)
-    finally:
-        torch.set_rng_state(state)
-    return config.batch_size / best
+    run's size (``dyntemp.timing.step_seconds``: it warms up first and leaves the global
+    random state as it was, so the run that follows starts exactly as without the probe)."""
+    from dyntemp import timing
+
+    precision = Precision(dtype, channels_last, "probe")
+    seconds = timing.step_seconds(
+        config, device=context.device, steps=2 * steps, precision=precision
+    )
+    return config.batch_size / seconds
 
 
 def _one_epoch(run: Run, bar: Any, splits: Splits) -> None:
@@ -480,8 +455,12 @@ def _one_epoch(run: Run, bar: Any, splits: Splits) -> None:
             runs.atomic_write_bytes(out / runs.METRICS_FILE, lines.encode())
         except OSError as error:
             raise runs.RunFolderError(
-                f"cannot write epoch {done} into {out}: {error.strerror or error}; the "
-                f"checkpoint of epoch {done - 1} is kept"
+                f"cannot write epoch {done} into {out}: {error.strerror or error}; "
+                + (
+                    f"the checkpoint of epoch {done - 1} is kept"
+                    if done > 1
+                    else "no checkpoint was written"
+                )
             ) from None
         if config.progress:
             _print(bar, _epoch_line(metrics, config.epochs))
