@@ -15,11 +15,13 @@ def test_bench_train_runs_and_writes_its_results(tmp_path, capsys):
     assert bench.main([*arguments.split(), "--out", str(out)]) == 0
     payload = json.loads((out / "results.json").read_text())
     rates = payload["cpu"]["median_images_per_s"]
-    assert set(rates) == {"dyntemp fp32", "dyntemp bf16", "reference"}
+    assert set(rates) == {*bench.VARIANTS, "reference"}
     assert all(rate > 0 for rate in rates.values())
-    assert set(payload["cpu"]["speedup"]) == {"dyntemp fp32", "dyntemp bf16"}
+    assert set(payload["cpu"]["speedup"]) == set(bench.VARIANTS)
+    assert payload["cpu"]["peak_gflops"]["fp32"] > 0 and payload["cpu"]["flops_per_image"] > 0
     printed = capsys.readouterr().out
-    assert "dyntemp bf16" in printed and "x reference" in printed
+    assert "dyntemp bf16 + channels_last" in printed and "x reference" in printed
+    assert "of peak" in printed and "matrix-product peak" in printed
 
 
 def test_bench_train_times_the_trainers_own_step(monkeypatch):
@@ -41,7 +43,7 @@ def test_bench_train_under_load_has_the_thread_guard_row(tmp_path, capsys):
     assert bench.main([*arguments.split(), "--under-load", "--out", str(out)]) == 0
     assert torch.get_num_threads() == before  # the guard gave the threads back
     loaded = json.loads((out / "results.json").read_text())["cpu"]["median_under_load_images_per_s"]
-    assert set(loaded) == {"dyntemp fp32", "dyntemp bf16", bench.GUARDED}
+    assert set(loaded) == {*bench.VARIANTS, bench.GUARDED}
     assert bench.GUARDED in capsys.readouterr().out
 
 
@@ -54,12 +56,40 @@ def test_the_table_columns_line_up_whatever_the_row_names():
         "native_bf16": True,
         "median_images_per_s": {"dyntemp fp32": 1368.0, "dyntemp bf16": 3673.0, "reference": 741.0},
         "speedup": {"dyntemp fp32": 1.85, "dyntemp bf16": 4.96},
+        "peak_gflops": {"fp32": 400.0, "bf16": 800.0},
+        "flops_per_image": 116.6e6,
         "median_under_load_images_per_s": {"dyntemp bf16": 1045.0, bench.GUARDED: 1457.0},
         "reference": "torchvision",
     }
-    header, *rows = bench.format_table(cpu).splitlines()[1:-1]
+    header, *rows = bench.format_table(cpu).splitlines()[2:-1]
     ends = {len(header)} | {len(row) for row in rows}
     assert ends == {len(header)}  # every row as long as the header: the columns align
     assert rows[-1].startswith(bench.GUARDED + " ") and rows[-1].endswith("1457")
     column = header.index("images/s") + len("images/s")
     assert rows[1][:column].endswith("3673") and rows[1].endswith("1045")
+
+
+def test_each_row_is_measured_against_the_peak_of_its_arithmetic():
+    cpu = {
+        "median_images_per_s": {"dyntemp fp32": 1000.0, "dyntemp bf16": 2000.0, "reference": 500.0},
+        "peak_gflops": {"fp32": 400.0, "bf16": 800.0},
+        "flops_per_image": 100e6,
+    }
+    rows = bench.peak_and_fraction(cpu)
+    assert rows["dyntemp fp32"] == {"gflops": 100.0, "fraction_of_peak": 0.25}
+    assert rows["dyntemp bf16"] == {"gflops": 200.0, "fraction_of_peak": 0.25}  # bf16 peak
+    assert rows["reference"]["fraction_of_peak"] == 50.0 / 400.0
+
+
+def test_the_flops_of_a_training_image_are_both_views_forward_and_backward():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dyntemp import models
+
+    backbone = models.build("small")
+    model = models.SimCLRModel(backbone, models.Projector(backbone.feature_dim))
+    with FlopCounterMode(display=False) as forward_only:
+        model(torch.randn(2, 3, 32, 32))  # two views of one image, forward
+    per_image = bench.training_flops("small", batch_size=4)
+    # backward costs about twice the forward (the first layer's input gradient is skipped)
+    assert 2.5 * forward_only.get_total_flops() < per_image < 3.0 * forward_only.get_total_flops()

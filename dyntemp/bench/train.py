@@ -66,8 +66,58 @@ def _sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 
-#: The dyntemp rows: (amp, channels_last) of the trainer.
-VARIANTS = {"dyntemp fp32": ("off", "off"), "dyntemp bf16": ("bf16", "on")}
+#: The dyntemp rows: (amp, channels_last) of the trainer, the candidates of ``--amp auto``.
+VARIANTS = {
+    "dyntemp fp32": ("off", "off"),
+    "dyntemp fp32 + channels_last": ("off", "on"),
+    "dyntemp bf16": ("bf16", "off"),
+    "dyntemp bf16 + channels_last": ("bf16", "on"),
+}
+#: The row whose thread guard is measured under load: the bf16 steps.
+LOADED = "dyntemp bf16 + channels_last"
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """This machine's matrix-product throughput in ``dtype`` (GFLOP/s, the best of
+    ``repeats`` products of two ``size``-square matrices): the peak its convolutions can
+    approach, measured rather than read from a data sheet."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b  # first call: kernels chosen, memory touched
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def training_flops(model_name: str, batch_size: int = 64, image_size: int = 32) -> float:
+    """FLOPs of one training image: both views through the network and projector, forward
+    and backward (torch's FLOP counter, which counts the convolutions and matrix products;
+    the loss, normalisation and element-wise work are left out, as in any FLOP count).
+
+    >>> round(training_flops("small") / 1e6)
+    117
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _model(model_name, torch.device("cpu"))
+    views = torch.randn(2 * batch_size, 3, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        model(views).sum().backward()
+    return counter.get_total_flops() / batch_size
+
+
+def peak_and_fraction(cpu: dict) -> dict:
+    """Each row's achieved GFLOP/s and its fraction of the machine's matrix-product peak in
+    the row's arithmetic (bf16 rows against the bf16 peak, the others against float32)."""
+    rows = {}
+    for name, rate in cpu["median_images_per_s"].items():
+        achieved = rate * cpu["flops_per_image"] / 1e9
+        peak = cpu["peak_gflops"]["bf16" if "bf16" in name else "fp32"]
+        rows[name] = {"gflops": achieved, "fraction_of_peak": achieved / peak}
+    return rows
 
 
 def dyntemp_steps(
@@ -203,7 +253,7 @@ def compare_on_cpu(args: argparse.Namespace) -> dict:
     loaded: dict[str, list[float]] = {}
     if args.under_load:
         guard = ThreadGuard()
-        rows = {**ours, GUARDED: _guarded(ours["dyntemp bf16"], guard)}
+        rows = {**ours, GUARDED: _guarded(ours[LOADED], guard)}
         with _competing_process():
             time_steps(rows[GUARDED], args.steps, device)  # untimed: the guard finds the load
             for round_index in range(args.rounds):
@@ -218,7 +268,11 @@ def compare_on_cpu(args: argparse.Namespace) -> dict:
                 print(f"under load, round {round_index + 1} (images/s): {said}", flush=True)
         guard.restore()
     median = {name: statistics.median(values) for name, values in rates.items()}
+    peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    print(f"matrix-product peak: fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s")
     return {
+        "peak_gflops": peak,
+        "flops_per_image": training_flops(args.model, image_size=images.shape[-1]),
         "model": args.model,
         "batch_size": args.batch_size,
         "images": source,
@@ -273,22 +327,29 @@ def cuda_epoch(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def format_table(cpu: dict) -> str:
-    """The CPU rows: median images/s quiet (and under load), and the ratio to the reference."""
+    """The CPU rows: median images/s quiet (and under load), the ratio to the reference, and
+    the GFLOP/s achieved with its fraction of the machine's matrix-product peak."""
     bf16 = "native" if cpu["native_bf16"] else "emulated: this CPU has no AVX512-BF16 or AMX"
     quiet, loaded = cpu["median_images_per_s"], cpu["median_under_load_images_per_s"]
+    compute = peak_and_fraction(cpu)
     width = max(len(name) + 2 for name in [*quiet, *loaded])  # every row's name fits
     lines = [
         f"{cpu['model']}, batch {cpu['batch_size']}, {cpu['torch_threads']} threads, "
         f"OMP_WAIT_POLICY {cpu['omp_wait_policy']}, bf16 {bf16}",
-        f"{'':<{width}}{'images/s':>10}{'x reference':>13}{'under load':>12}",
+        f"peak (matrix product): fp32 {cpu['peak_gflops']['fp32']:.0f}, bf16 "
+        f"{cpu['peak_gflops']['bf16']:.0f} GFLOP/s; a training image is "
+        f"{cpu['flops_per_image'] / 1e6:.0f} MFLOP",
+        f"{'':<{width}}{'images/s':>10}{'x reference':>13}{'GFLOP/s':>9}{'of peak':>9}"
+        f"{'under load':>12}",
     ]
     for name, rate in quiet.items():
         ratio = f"{cpu['speedup'][name]:.2f}x" if name in cpu["speedup"] else ""
         load = f"{loaded[name]:.0f}" if name in loaded else ""
-        lines.append(f"{name:<{width}}{rate:>10.0f}{ratio:>13}{load:>12}")
+        flops, share = compute[name]["gflops"], compute[name]["fraction_of_peak"]
+        lines.append(f"{name:<{width}}{rate:>10.0f}{ratio:>13}{flops:>9.0f}{share:>9.0%}{load:>12}")
     for name, rate in loaded.items():
         if name not in quiet:  # measured under load only
-            lines.append(f"{name:<{width}}{'':>10}{'':>13}{rate:>12.0f}")
+            lines.append(f"{name:<{width}}{'':>10}{'':>13}{'':>9}{'':>9}{rate:>12.0f}")
     lines.append(f"reference: {cpu['reference']}")
     return "\n".join(lines)
 
