@@ -42,16 +42,20 @@ def trainer_steps(
     """
     from dyntemp.augment import ViewBatches  # here, so that the trainer may use this module
     from dyntemp.distributed import Context
-    from dyntemp.train import start_run, train_step
+    from dyntemp.train import PHASES, start_run, train_step
 
     if len(images) < config.batch_size:
         raise ValueError(f"{len(images)} images do not make a batch of {config.batch_size}")
     run = start_run(config, Context(0, 1, 0, torch.device(device)), images, precision)
     step, epoch = 0, 0
     while True:
-        batches = ViewBatches(run.images, config.batch_size, run.augment, seed=0, epoch=epoch)
-        for view1, view2 in batches:
-            yield train_step(run, view1, view2, step % run.total_steps)
+        batches = iter(ViewBatches(run.images, config.batch_size, run.augment, seed=0, epoch=epoch))
+        while True:
+            with torch.profiler.record_function(PHASES["views"]):
+                pair = next(batches, None)
+            if pair is None:
+                break
+            yield train_step(run, *pair, step % run.total_steps)
             step += 1
         epoch += 1
 

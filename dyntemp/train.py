@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from dyntemp import distributed, models, optim, provenance, runs, temperature
 from dyntemp.augment import SimCLRAugment, ViewBatches
@@ -38,6 +39,14 @@ from dyntemp.precision import Precision, amp_dtype, by_rule, choose
 __all__ = ["PRESETS", "NonFiniteLossError", "Run", "TrainConfig", "preset", "train"]
 
 LOG_EVERY = 25  # steps between progress-bar updates and non-finite checks
+#: The labels of a step's phases in torch's profiler (the views are made by the batches).
+PHASES = {
+    "views": "dyntemp: views",
+    "forward": "dyntemp: forward",
+    "loss": "dyntemp: loss",
+    "backward": "dyntemp: backward",
+    "optimiser": "dyntemp: optimiser",
+}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -196,42 +205,49 @@ def start_run(
 
 
 def train_step(run: Run, view1: torch.Tensor, view2: torch.Tensor, step: int) -> torch.Tensor:
-    """One SGD step on a batch of view pairs; returns the loss (detached, on the device)."""
+    """One SGD step on a batch of view pairs; returns the loss (detached, on the device).
+
+    Its phases are labelled for torch's profiler (``PHASES``; ``bench train --profile``).
+    """
     lr = optim.learning_rate(
         run.config.lr_schedule, step, run.total_steps, run.config.lr, run.warmup_steps
     )
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    views = torch.cat([view1, view2])
-    if run.channels_last:
-        views = views.contiguous(memory_format=torch.channels_last)
     device_type = run.context.device.type
-    with torch.autocast(device_type, dtype=run.dtype, enabled=run.dtype is not None):
-        projections = run.step_model(views)
+    with record_function(PHASES["forward"]):
+        views = torch.cat([view1, view2])
+        if run.channels_last:
+            views = views.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type, dtype=run.dtype, enabled=run.dtype is not None):
+            projections = run.step_model(views)
     options = {
         "detach_temperature": run.config.detach_temperature,
         "decoupled": run.config.decoupled,
         "progress": step / run.steps_per_epoch,
     }
-    if run.moco is None:
-        z1, z2 = projections.float().chunk(2)  # the loss runs in float32
-        loss = ntxent(z1, z2, run.rule, gather=run.context.distributed, **options)
-    else:  # MoCo: the keys of the momentum encoder, updated first (as MoCo's code)
-        with torch.no_grad():
-            run.moco.update(run.model)
-            with torch.autocast(device_type, dtype=run.dtype, enabled=run.dtype is not None):
-                keys = run.moco.encoder(views)
-        q1, q2 = projections.float().chunk(2)
-        k1, k2 = keys.float().chunk(2)
-        loss = symmetric_moco_loss(q1, q2, k1, k2, run.moco.queue, run.rule, **options)
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    _average_temperature_gradients(run)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.rule.clamp_()
-    if run.moco is not None:
-        run.moco.enqueue(k1, k2)
+    with record_function(PHASES["loss"]):
+        if run.moco is None:
+            z1, z2 = projections.float().chunk(2)  # the loss runs in float32
+            loss = ntxent(z1, z2, run.rule, gather=run.context.distributed, **options)
+        else:  # MoCo: the keys of the momentum encoder, updated first (as MoCo's code)
+            with torch.no_grad():
+                run.moco.update(run.model)
+                with torch.autocast(device_type, dtype=run.dtype, enabled=run.dtype is not None):
+                    keys = run.moco.encoder(views)
+            q1, q2 = projections.float().chunk(2)
+            k1, k2 = keys.float().chunk(2)
+            loss = symmetric_moco_loss(q1, q2, k1, k2, run.moco.queue, run.rule, **options)
+    with record_function(PHASES["backward"]):
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        _average_temperature_gradients(run)
+    with record_function(PHASES["optimiser"]):
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.rule.clamp_()
+        if run.moco is not None:
+            run.moco.enqueue(k1, k2)
     return loss.detach()
 
 

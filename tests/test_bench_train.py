@@ -93,3 +93,20 @@ def test_the_flops_of_a_training_image_are_both_views_forward_and_backward():
     per_image = bench.training_flops("small", batch_size=4)
     # backward costs about twice the forward (the first layer's input gradient is skipped)
     assert 2.5 * forward_only.get_total_flops() < per_image < 3.0 * forward_only.get_total_flops()
+
+
+def test_the_profile_puts_every_millisecond_of_a_step_in_a_category(tmp_path, capsys):
+    out = tmp_path / "profile"
+    arguments = "--images 64 --batch-size 32 --steps 2 --profile --no-gpu"
+    assert bench.main([*arguments.split(), "--out", str(out)]) == 0
+    profiles = json.loads((out / "results.json").read_text())["profiles"]
+    assert set(profiles) == set(bench.VARIANTS)
+    for profile in profiles.values():
+        operators, phases = profile["operators"], profile["phases"]
+        assert set(operators) == {*bench.PROFILE_CATEGORIES, "other"}
+        assert operators["convolution, forward"] > 0 and operators["convolution, backward"] > 0
+        assert operators["other"] < sum(operators.values())
+        assert all(phases[phase] > 0 for phase in ("views", "forward", "loss", "backward"))
+        # the phases hold the whole step but its bookkeeping (and the profiler's own)
+        assert 0.8 < sum(phases.values()) / sum(operators.values()) < 1.25
+    assert "ms a step" in capsys.readouterr().out

@@ -326,6 +326,60 @@ def cuda_epoch(args: argparse.Namespace, device: torch.device) -> dict:
     return results
 
 
+#: Where a step's time goes: torch operators by what they do (first match wins).
+PROFILE_CATEGORIES = {
+    "augmentation": ("grid_sampler", "affine_grid", "rgb_to", "_augment"),
+    "convolution, backward": ("convolution_backward",),
+    "convolution, forward": ("convolution", "mkldnn_convolution"),
+    "batch norm, backward": ("batch_norm_backward",),
+    "batch norm, forward": ("batch_norm",),
+    "ReLU": ("threshold", "relu", "clamp_min"),
+    "pooling": ("pool",),
+    "linear layers": ("addmm", "aten::mm", "aten::bmm"),
+    "optimiser": ("_foreach", "addcmul", "sgd", "Optimizer"),
+    "copies and conversions": ("copy_", "_to_copy", "contiguous", "clone", "fill_", "zero_"),
+}
+
+
+def profile_steps(steps: Iterator[torch.Tensor], count: int) -> dict[str, dict[str, float]]:
+    """Milliseconds per step from torch's profiler over ``count`` of the trainer's steps: by
+    phase (``train.PHASES``: the views, forward, loss, backward, optimiser; each with all it
+    calls) and by operator category (``PROFILE_CATEGORIES``, the rest as "other"; each
+    operator's own time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dyntemp.train import PHASES
+
+    next(steps)  # first calls out of the profile
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(count):
+            next(steps)
+    labels = {label: phase for phase, label in PHASES.items()}
+    phases = {phase: 0.0 for phase in PHASES}
+    operators: dict[str, float] = {name: 0.0 for name in [*PROFILE_CATEGORIES, "other"]}
+    for event in profiler.key_averages():
+        name = event.key
+        if name in labels:
+            phases[labels[name]] += event.cpu_time_total / 1000 / count
+            continue
+        category = next(
+            (c for c, keys in PROFILE_CATEGORIES.items() if any(k in name for k in keys)),
+            "other",
+        )
+        operators[category] += event.self_cpu_time_total / 1000 / count
+    return {"phases": phases, "operators": operators}
+
+
+def format_profile(profile: dict[str, dict[str, float]], title: str) -> str:
+    total = sum(profile["operators"].values())
+    lines = [f"{title}: {total:.1f} ms a step"]
+    for part in ("phases", "operators"):
+        lines.append(f"  by {part[:-1]}:")
+        for name, ms in sorted(profile[part].items(), key=lambda item: -item[1]):
+            lines.append(f"    {name:<26}{ms:>8.1f} ms{ms / total:>7.0%}")
+    return "\n".join(lines)
+
+
 def format_table(cpu: dict) -> str:
     """The CPU rows: median images/s quiet (and under load), the ratio to the reference, and
     the GFLOP/s achieved with its fraction of the machine's matrix-product peak."""
@@ -369,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--under-load", action="store_true", help="also time the dyntemp rows beside a busy process"
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of timing, profile the trainer's step under each arithmetic by category",
+    )
     parser.add_argument("--out", type=Path, help="write OUT/results.json with the provenance")
     args = parser.parse_args(argv)
     for name in ("batch_size", "steps", "rounds", "images"):
@@ -387,6 +446,16 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {info['machine']['device']}, {info['machine']['cpu_cores']} cores, "
         f"torch {info['torch']}, {torch.get_num_threads()} threads, load average {loads}"
     )
+    if args.profile:
+        images, _ = training_images(args.data_root, args.images)
+        profiles = {}
+        for name, (amp, layout) in VARIANTS.items():
+            steps = dyntemp_steps(images, args.batch_size, args.model, torch.device("cpu"), amp,
+                                  layout)  # fmt: skip
+            profiles[name] = profile_steps(steps, args.steps)
+            print(format_profile(profiles[name], name))
+        write_results(args.out, "train-profile", info, profiles=profiles)
+        return 0
     cpu = compare_on_cpu(args)
     print(format_table(cpu))
     sections: dict = {"cpu": cpu}
