@@ -1,4 +1,5 @@
-"""Shared fixtures: deterministic seeds and the real CIFAR-10 (through DYNTEMP_DATA)."""
+"""Shared fixtures: deterministic seeds, the real CIFAR-10 (through DYNTEMP_DATA) and a tiny
+generated one (``fake_root``). Shared plain functions are in ``helpers.py``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_cifar import write_fake_cifar10
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +30,10 @@ def cifar10_root() -> Path:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def fake_root(tmp_path_factory) -> Path:
+    """A generated CIFAR-10 in torchvision's layout (``fake_cifar``): 200 training images,
+    100 test images. Shared by every test: none writes into it."""
+    return write_fake_cifar10(tmp_path_factory.mktemp("fake-cifar10"))

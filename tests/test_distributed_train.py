@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from fake_cifar import write_fake_cifar10
+from helpers import train_in_processes
 
 from dyntemp import parts, train
 
@@ -21,18 +18,9 @@ OPTIONS = (
 ).split()
 
 
-def run(root: Path, out: Path, processes: int, batch_size: int, amp: str = "off") -> dict:
-    command = ["-m", "dyntemp", "train", *OPTIONS, "--data-root", str(root), "--amp", amp]
-    command += ["--batch-size", str(batch_size), "--out", str(out)]
-    if processes > 1:
-        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-        command = launcher + command
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    finished = subprocess.run(
-        [sys.executable, *command], env=environment, capture_output=True, text=True, timeout=300
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    return json.loads((out / "results.json").read_text())
+def trained(root: Path, out: Path, processes: int, batch_size: int, amp: str = "off") -> dict:
+    """The results of one tiny run on `processes` processes."""
+    return train_in_processes(root, out, processes, batch_size, [*OPTIONS, "--amp", amp])
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +31,8 @@ def one_step_data(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_two_processes_with_batch_b_equal_one_with_batch_2b(one_step_data, tmp_path):
-    single = run(one_step_data, tmp_path / "single", processes=1, batch_size=16)
-    double = run(one_step_data, tmp_path / "double", processes=2, batch_size=8)
+    single = trained(one_step_data, tmp_path / "single", processes=1, batch_size=16)
+    double = trained(one_step_data, tmp_path / "double", processes=2, batch_size=8)
     assert double["provenance"]["world_size"] == 2
     assert single["final"]["step"] == double["final"]["step"] == 1
     assert double["final"]["loss"] == pytest.approx(single["final"]["loss"], rel=1e-5)
@@ -67,7 +55,7 @@ def test_two_processes_with_batch_b_equal_one_with_batch_2b(one_step_data, tmp_p
 @pytest.mark.slow
 def test_two_processes_complete_a_run(tmp_path):
     root = write_fake_cifar10(tmp_path / "data")
-    results = run(root, tmp_path / "run", processes=2, batch_size=20)  # 200 images: 5 steps
+    results = trained(root, tmp_path / "run", processes=2, batch_size=20)  # 200 images: 5 steps
     assert results["provenance"]["world_size"] == 2
     assert results["final"]["step"] == 5
     assert results["knn_top1"] > 50
@@ -77,6 +65,6 @@ def test_two_processes_complete_a_run(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_train_under_bf16_autocast(one_step_data, tmp_path):
-    results = run(one_step_data, tmp_path / "bf16", processes=2, batch_size=8, amp="bf16")
+    results = trained(one_step_data, tmp_path / "bf16", processes=2, batch_size=8, amp="bf16")
     assert results["provenance"]["amp"] == "bfloat16" and results["provenance"]["world_size"] == 2
     assert math.isfinite(results["final"]["loss"])

@@ -4,16 +4,17 @@ momentum update, the queue filled by two gloo processes, training and exact resu
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from fake_cifar import write_fake_cifar10
+from helpers import interrupted_then_resumed, train_in_processes, untimed_metrics
 from host_reads import host_reads
 
 from dyntemp import loss as loss_module
@@ -302,48 +303,14 @@ def test_two_processes_read_the_mean_positive_of_both(two_processes):
 # ----------------------------------------------------------------------------- training
 
 
-@pytest.fixture(scope="module")
-def fake_root(tmp_path_factory) -> Path:
-    return write_fake_cifar10(tmp_path_factory.mktemp("data"))
-
-
 def tiny(root: Path, out: Path, **changes) -> train.TrainConfig:
+    """``helpers.tiny`` trained with MoCo."""
     settings = dict(
-        out=str(out),
-        data_root=str(root),
-        model="small",
-        epochs=2,
-        batch_size=40,
-        knn_k=20,
-        progress=False,
-        projector_hidden_dim=64,
-        projector_dim=32,
-        amp="off",
         method="moco",
         queue_size=200,  # 80 keys a step: the queue wraps around within the first epoch
         momentum=0.9,
     )
-    return train.TrainConfig(**{**settings, **changes})
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupted_then_resumed(config, monkeypatch):
-    """Run one epoch, stop as a kill after the epoch's checkpoint would, then rerun."""
-    real = train._one_epoch
-
-    def once(run, *args):
-        real(run, *args)
-        raise Interrupted
-
-    monkeypatch.setattr(train, "_one_epoch", once)
-    with pytest.raises(Interrupted):
-        train.train(config)
-    monkeypatch.setattr(train, "_one_epoch", real)
-    assert torch.load(Path(config.out) / "checkpoint.pt", weights_only=True)["epoch"] == 1
-    return train.train(config)
+    return helpers.tiny(root, out, **{**settings, **changes})
 
 
 def assert_same_checkpoints(a_folder: Path, b_folder: Path) -> None:
@@ -363,19 +330,7 @@ def assert_same_checkpoints(a_folder: Path, b_folder: Path) -> None:
         a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
     ):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-
-    def metrics(folder):
-        lines = (folder / "metrics.jsonl").read_text().splitlines()
-        return [
-            {
-                k: v
-                for k, v in json.loads(x).items()
-                if k not in ("images_per_s", "seconds", "threads")
-            }
-            for x in lines
-        ]
-
-    assert metrics(a_folder) == metrics(b_folder)
+    assert untimed_metrics(a_folder) == untimed_metrics(b_folder)
 
 
 @pytest.mark.parametrize("rule", ["dystress", "learned"])
@@ -420,23 +375,10 @@ def test_the_command_line_takes_every_new_option():
 
 
 def _torchrun(root: Path, out: Path, processes: int, batch_size: int) -> dict:
-    import subprocess
-    import sys
-
-    command = ["-m", "dyntemp", "train", "--model", "small", "--epochs", "1", "--knn-k", "5"]
-    command += ["--projector-hidden-dim", "64", "--projector-dim", "32", "--no-progress"]
-    command += ["--momentum", "0.9", "--amp", "off", "--method", "moco", "--queue-size", "64"]
-    command += ["--temperature", "learned", "--tau", "0.2"]
-    command += ["--data-root", str(root), "--batch-size", str(batch_size), "--out", str(out)]
-    if processes > 1:
-        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-        command = launcher + command
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    finished = subprocess.run(
-        [sys.executable, *command], env=environment, capture_output=True, text=True, timeout=300
-    )
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    return json.loads((out / "results.json").read_text())
+    options = "--model small --epochs 1 --knn-k 5 --projector-hidden-dim 64 --projector-dim 32"
+    options += " --no-progress --momentum 0.9 --amp off --method moco --queue-size 64"
+    options += " --temperature learned --tau 0.2"
+    return train_in_processes(root, out, processes, batch_size, options.split())
 
 
 @pytest.mark.slow

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_cifar import write_fake_cifar10
 
 from dyntemp import experiments, run_metrics, runs
 from dyntemp.__main__ import main
@@ -24,11 +23,6 @@ TINY = (
     "--model small --epochs 2 --batch-size 40 --knn-k 20 --projector-hidden-dim 64 "
     "--projector-dim 32 --no-progress --amp off"
 ).split()
-
-
-@pytest.fixture(scope="module")
-def fake_root(tmp_path_factory) -> Path:
-    return write_fake_cifar10(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

@@ -14,31 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_cifar import write_fake_cifar10
+from helpers import interrupted_then_resumed, tiny, untimed_metrics
 
 from dyntemp import config, data, optim, parts, runs, temperature, train
-
-
-@pytest.fixture(scope="module")
-def fake_root(tmp_path_factory) -> Path:
-    return write_fake_cifar10(tmp_path_factory.mktemp("data"))
-
-
-def tiny(root: Path, out: Path, **changes) -> train.TrainConfig:
-    settings = dict(
-        out=str(out),
-        data_root=str(root),
-        model="small",
-        epochs=2,
-        batch_size=40,
-        knn_k=20,
-        progress=False,
-        projector_hidden_dim=64,
-        projector_dim=32,
-        amp="off",  # the same arithmetic on every CPU; bf16 has tests of its own
-    )
-    return train.TrainConfig(**{**settings, **changes})
-
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -383,13 +361,8 @@ def test_a_killed_run_resumes_to_the_identical_result(fake_root, tmp_path):
         ):
             assert torch.equal(state_a["momentum_buffer"], state_b["momentum_buffer"])
 
-    def metrics(folder):
-        lines = (folder / "metrics.jsonl").read_text().splitlines()
-        timing = ("images_per_s", "seconds", "threads")
-        return [{k: v for k, v in json.loads(x).items() if k not in timing} for x in lines]
-
-    assert metrics(whole) == metrics(killed)
-    assert len(metrics(whole)) == 4
+    assert untimed_metrics(whole) == untimed_metrics(killed)
+    assert len(untimed_metrics(whole)) == 4
     results = [json.loads((f / "results.json").read_text()) for f in (whole, killed)]
     assert results[0]["knn_top1"] == results[1]["knn_top1"]
 
@@ -457,32 +430,13 @@ def test_a_learned_temperature_is_trained_logged_and_resumed_exactly(
     assert groups[0]["weight_decay"] == config.weight_decay
 
     # stopped after epoch 1 (its checkpoint written), then rerun: the same run, bit for bit
-    real = train._one_epoch
-
-    class Stop(Exception):
-        pass
-
-    def once(run, *args):
-        real(run, *args)
-        raise Stop
-
     resumed = dataclasses.replace(config, out=str(tmp_path / "resumed"))
-    monkeypatch.setattr(train, "_one_epoch", once)
-    with pytest.raises(Stop):
-        train.train(resumed)
-    monkeypatch.setattr(train, "_one_epoch", real)
-    train.train(resumed)
+    interrupted_then_resumed(resumed, monkeypatch)
     other = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert torch.equal(other["temperature"]["log_tau"], state["temperature"]["log_tau"])
     for key in state["model"]:
         assert torch.equal(other["model"][key], state["model"][key]), key
-    timing = ("images_per_s", "seconds", "threads")
-    again = [
-        json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().split("\n") if x
-    ]
-    assert [{k: v for k, v in m.items() if k not in timing} for m in again] == [
-        {k: v for k, v in m.items() if k not in timing} for m in lines
-    ]
+    assert untimed_metrics(tmp_path / "resumed") == untimed_metrics(tmp_path / "whole")
 
 
 def test_a_checkpoint_without_the_learned_temperature_does_not_fit(fake_root, tmp_path):
