@@ -47,8 +47,12 @@ def test_repository_and_launch_settings() -> None:
     assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
 
 
-def test_there_are_chapters() -> None:
-    assert len(NOTEBOOKS) >= 2
+def test_the_checked_notebooks_are_the_chapters_of_the_table_of_contents() -> None:
+    """The tests below run on every notebook found; those must be the book's chapters, so a
+    missing or misplaced folder (no notebook found) or a chapter without its file fails."""
+    chapters = {name for name in _toc_files() if name.startswith("notebooks/")}
+    assert chapters, "_toc.yml lists no chapter under notebooks/"
+    assert {p.relative_to(ROOT).with_suffix("").as_posix() for p in NOTEBOOKS} == chapters
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

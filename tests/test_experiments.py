@@ -42,9 +42,19 @@ def test_a_plan_counts_the_missing_runs_and_their_time(monkeypatch, tmp_path):
     assert f"about {steps * 0.05 / 60:.0f} minutes" in text
 
 
-def test_a_measured_step_is_a_positive_time():
-    seconds = experiments.step_seconds("smoke", steps=2)
-    assert 0 < seconds < 60
+def test_a_step_is_timed_on_the_scales_own_network(monkeypatch):
+    """The estimate times the scale's config with the step timer (which has its own tests)."""
+    timed = []
+
+    def timer(config, *, steps):
+        timed.append((config, steps))
+        return 0.25
+
+    monkeypatch.setattr(experiments.timing, "step_seconds", timer)
+    for scale in ("smoke", "gpu"):
+        assert experiments.step_seconds(scale, steps=4) == 0.25
+    assert timed == [(experiments.run_config("fixed-0.2", 0, s), 4) for s in ("smoke", "gpu")]
+    assert timed[0][0].model == "small" and timed[1][0].model == "resnet18"
 
 
 @pytest.mark.data

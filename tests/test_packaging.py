@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -25,17 +30,91 @@ def test_one_python_version_everywhere():
         assert said <= {"3.11"}, (page, said)
 
 
+# Import names whose distribution is named otherwise (when it is not installed here to ask).
+DISTRIBUTIONS = {"sklearn": "scikit-learn", "PIL": "pillow", "yaml": "pyyaml"}
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    """The distributions named by requirement strings (comments and options skipped)."""
+    names = set()
+    for line in requirements:
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(_normalised(re.match(r"[A-Za-z0-9_.-]+", line).group()))
+    return names
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """The distribution of every top-level module imported by ``dyntemp/**/*.py`` (inside
+    functions too) outside the standard library and dyntemp, with the files importing it."""
+    installed = importlib.metadata.packages_distributions()
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "dyntemp").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "dyntemp":
+                    continue
+                name = DISTRIBUTIONS.get(top) or (installed.get(top) or [top])[0]
+                found.setdefault(_normalised(name), set()).add(path.relative_to(ROOT).as_posix())
+    return found
+
+
+def test_the_import_scan_finds_what_the_library_imports():
+    imports = _third_party_imports()
+    assert {"torch", "numpy", "sympy", "scikit-learn", "pillow", "lightly"} <= set(imports)
+    assert imports["scikit-learn"] == {"dyntemp/run_metrics.py"}  # as `import sklearn`
+    assert not {"os", "json", "dyntemp", "sklearn", "pil"} & set(imports)
+
+
 def test_every_imported_third_party_package_is_declared():
-    declared = " ".join(
-        PROJECT["project"]["dependencies"]
-        + [d for extra in PROJECT["project"]["optional-dependencies"].values() for d in extra]
-    )
-    requirements = (ROOT / "requirements.txt").read_text()
-    for package in ("torch", "torchvision", "numpy", "sympy", "tqdm", "scikit-learn"):
-        assert package in declared and package in requirements, package
+    """Declared in pyproject.toml (dependencies or an extra) and installed by requirements.txt;
+    a package only the benchmarks import may instead be installed by ``make bench``."""
+    project = PROJECT["project"]
+    extras = [d for extra in project["optional-dependencies"].values() for d in extra]
+    declared = _requirement_names(project["dependencies"] + extras)
+    requirements = _requirement_names((ROOT / "requirements.txt").read_text().splitlines())
+    bench = (ROOT / "Makefile").read_text().split("\nbench:")[1].split("\n\n")[0]
+    bench_installs = {_normalised(n) for n in re.findall(r"pip install -q ([\w.-]+)", bench)}
+    for name, files in _third_party_imports().items():
+        assert name in declared, f"{name} (imported by {sorted(files)}) is not in pyproject.toml"
+        only_bench = all(f.startswith("dyntemp/bench/") for f in files)
+        assert name in requirements or (only_bench and name in bench_installs), (
+            f"{name} (imported by {sorted(files)}) is not in requirements.txt"
+        )
 
 
-def test_lint_checks_the_format_too():
+def _lint_commands() -> list[str]:
+    """The commands of the Makefile's ``lint`` target, ``$(BIN)`` the running Python's."""
     makefile = (ROOT / "Makefile").read_text()
-    lint = makefile.split("\nlint:")[1].split("\n\n")[0]
-    assert "ruff check" in lint and "ruff format --check" in lint
+    recipe = makefile.split("\nlint:")[1].split("\n\n")[0].splitlines()[1:]
+    commands = [line.strip().replace("$(BIN)", str(Path(sys.executable).parent)) for line in recipe]
+    assert commands and not any("$(" in command for command in commands), commands
+    return commands
+
+
+def _failing(commands: list[str], folder: Path) -> list[str]:
+    return [c for c in commands if subprocess.run(c, shell=True, cwd=folder).returncode != 0]
+
+
+def test_lint_fails_on_a_misformatted_file_that_ruff_check_passes(tmp_path):
+    """``make lint`` checks the format too: on a folder with the project's ruff settings it
+    passes a formatted file and fails one that only the formatter objects to."""
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    commands = _lint_commands()
+    (tmp_path / "code.py").write_text('SETTINGS = {"tau": 0.2}\n')
+    assert _failing(commands, tmp_path) == []
+    (tmp_path / "code.py").write_text("SETTINGS = {'tau' :0.2}\n")
+    ruff = Path(sys.executable).parent / "ruff"
+    assert subprocess.run([ruff, "check", "code.py"], cwd=tmp_path).returncode == 0
+    assert _failing(commands, tmp_path)
