@@ -22,8 +22,9 @@ lint: $(STAMP)
 
 test: lint book test-notebooks test-experiments test-unit
 
+# The tests, and the examples in the docstrings of every module of dyntemp.
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --doctest-modules dyntemp tests
 
 # The theory chapters and the chapter on the data, executed cell by cell and compared output
 # by output (strict); chapter 5 reads the real CIFAR-10. Matplotlib builds its font cache

@@ -634,6 +634,15 @@ class Formula(TemperatureRule):
     (see the module's docstring for what it may contain) or a SymPy expression of symbols
     named ``s`` and ``progress``; ``max_progress`` the last epoch the construction check
     covers, for formulas that read the progress.
+
+    >>> rule = Formula("0.1 + 0.05*(1 - cos(pi*s))")
+    >>> rule(torch.tensor([-1.0, 0.0, 1.0]))  # tau of each similarity
+    tensor([0.2000, 0.1000, 0.2000])
+    >>> rule.sympy(sp.Symbol("s"))
+    3/20 - cos(pi*s)/20
+    >>> Formula("1/s")
+    Traceback (most recent call last):
+    ValueError: formula '1/s' gives tau = -1 at s = -1 (float64); tau must be positive ...
     """
 
     arguments = {

@@ -65,7 +65,32 @@ def evaluate_run(
     bins: int = 100,
     unfinished: bool = False,
 ) -> dict[str, Any]:
-    """All metrics of the run in ``run_dir``; also written to ``run_dir/eval.json``."""
+    """All metrics of the run in ``run_dir``; also written to ``run_dir/eval.json``.
+
+    A run of one epoch on an image folder of two grey classes, then its metrics:
+
+    >>> import itertools, tempfile
+    >>> from PIL import Image
+    >>> from dyntemp.train import train
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> for split, c, i in itertools.product(("train", "test"), (0, 1), range(8)):
+    ...     path = Path(folder.name, split, f"class{c}", f"{i}.png")
+    ...     path.parent.mkdir(parents=True, exist_ok=True)
+    ...     Image.new("RGB", (32, 32), (40 + 160 * c + i,) * 3).save(path)
+    >>> config = TrainConfig(dataset="imagefolder", data_root=folder.name, model="small",
+    ...                      epochs=1, batch_size=8, knn_k=4, projector_hidden_dim=16,
+    ...                      projector_dim=8, amp="off", channels_last="off",
+    ...                      progress=False, out=f"{folder.name}/run")
+    >>> results = train(config)
+    >>> metrics = evaluate_run(config.out, device="cpu")
+    >>> metrics["finished"], metrics["knn_top1"] == results["knn_top1"]  # as in training
+    (True, True)
+    >>> {"alignment", "uniformity", "tolerance"} <= metrics.keys()
+    True
+    >>> Path(config.out, "eval.json").is_file()
+    True
+    >>> folder.cleanup()
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size must be a positive whole number, got {batch_size!r}")
     device = distributed.choose_device(device)
