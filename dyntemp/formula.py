@@ -64,10 +64,10 @@ from torch import Tensor
 from dyntemp import checks
 from dyntemp.rule import TemperatureRule
 
-__all__ = ["FUNCTIONS", "PROGRESS", "S", "Formula", "parse"]
+__all__ = ["FUNCTIONS", "PROGRESS", "SIMILARITY", "Formula", "parse"]
 
 #: The similarity symbol of parsed formulas (real, as the similarity is).
-S = sp.Symbol("s", real=True)
+SIMILARITY = sp.Symbol("s", real=True)
 #: The training progress in epochs; ``Formula.sympy`` shows it as ``t``, like CosineSchedule.
 PROGRESS = sp.Symbol("progress", nonnegative=True)
 
@@ -79,7 +79,7 @@ MAX_EXTREMUM = 6  # arguments of a Min or Max (SymPy's derivative of one grows a
 DEFAULT = "0.1 + 0.05*(1 - cos(pi*s))"  # DySTreSS(0.1, 0.2), the book's default rule
 DEFAULT_MAX_PROGRESS = 1000.0
 
-_NAMES: dict[str, sp.Expr] = {"s": S, "progress": PROGRESS, "pi": sp.pi, "E": sp.E}
+_NAMES: dict[str, sp.Expr] = {"s": SIMILARITY, "progress": PROGRESS, "pi": sp.pi, "E": sp.E}
 # name -> (SymPy function, least and most arguments)
 _FUNCTION_TABLE: dict[str, tuple[Callable[..., sp.Expr], int, int | None]] = {
     "cos": (sp.cos, 1, 1),
@@ -265,7 +265,7 @@ class _Parser:
 
 
 def parse(text: str) -> sp.Expr:
-    """The SymPy expression of a formula's text, in the symbols ``S`` and ``PROGRESS``.
+    """The SymPy expression of a formula's text, in the symbols ``SIMILARITY`` and ``PROGRESS``.
 
     Never evaluates the text: raises ValueError, one line, for anything not allowed.
     """
@@ -315,7 +315,7 @@ def _text_of(expr: sp.Basic) -> str:
 
 
 @dataclass(frozen=True)
-class _Code:
+class _CompiledExpr:
     """A compiled subexpression.
 
     ``run(s, progress, inplace)`` computes it (None for a constant, whose ``value`` is a
@@ -361,8 +361,8 @@ def _short(expr: sp.Basic, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _const(value: float | bool) -> _Code:
-    return _Code(None, value)
+def _const(value: float | bool) -> _CompiledExpr:
+    return _CompiledExpr(None, value)
 
 
 def _on_constants(name: str, *values: float) -> float:
@@ -384,17 +384,17 @@ class _Compiler:
     def fail(self, what: str) -> ValueError:
         return ValueError(f"formula {self.text!r}: {what}")
 
-    def compile(self, expr: sp.Basic) -> _Code:
+    def compile(self, expr: sp.Basic) -> _CompiledExpr:
         code = self.node(expr)
         if code.run is None and isinstance(code.value, float) and not math.isfinite(code.value):
             raise self.fail(f"the constant {_short(expr)} is not a finite real number")
         return code
 
-    def node(self, expr: sp.Basic) -> _Code:
-        if expr == S:
-            return _Code(lambda s, p, inplace: s, full=True)
+    def node(self, expr: sp.Basic) -> _CompiledExpr:
+        if expr == SIMILARITY:
+            return _CompiledExpr(lambda s, p, inplace: s, full=True)
         if expr == PROGRESS:
-            return _Code(lambda s, p, inplace: p)
+            return _CompiledExpr(lambda s, p, inplace: p)
         if expr is sp.true or expr is sp.false:
             return _const(bool(expr))
         if isinstance(expr, sp.Rational):
@@ -430,12 +430,12 @@ class _Compiler:
             if inner.run is None:
                 return _const(not inner.value)
             run = inner.run
-            return _Code(
+            return _CompiledExpr(
                 lambda s, p, inplace: torch.logical_not(run(s, p, inplace)), full=inner.full
             )
         raise self.fail(f"{type(expr).__name__} ({_short(expr)}) has no torch form here")
 
-    def add(self, expr: sp.Add) -> _Code:
+    def add(self, expr: sp.Add) -> _CompiledExpr:
         codes = [self.node(arg) for arg in expr.args]
         constant = math.fsum(c.value for c in codes if c.run is None)
         result = None
@@ -445,7 +445,7 @@ class _Compiler:
             return _const(constant)
         return result if constant == 0 else self.scalar("add", result, constant)
 
-    def mul(self, expr: sp.Mul) -> _Code:
+    def mul(self, expr: sp.Mul) -> _CompiledExpr:
         numerator, denominator, constant = [], [], 1.0
         for factor in expr.args:
             if (
@@ -478,16 +478,16 @@ class _Compiler:
             result = self.binary("div", result, code)
         return result
 
-    def scalar(self, name: str, code: _Code, value: float) -> _Code:
+    def scalar(self, name: str, code: _CompiledExpr, value: float) -> _CompiledExpr:
         """``code <name> value`` for add, mul, clamp_min, clamp_max, pow."""
         run, owned = code.run, code.owned
 
         def scaled(s, p, inplace):
             return _apply(name, run(s, p, inplace), value, owned=owned, inplace=inplace)
 
-        return _Code(scaled, owned=True, full=code.full)
+        return _CompiledExpr(scaled, owned=True, full=code.full)
 
-    def binary(self, name: str, a: _Code, b: _Code) -> _Code:
+    def binary(self, name: str, a: _CompiledExpr, b: _CompiledExpr) -> _CompiledExpr:
         """``a <name> b`` for two non-constant codes: add, mul, div, pow, minimum, maximum."""
         run_a, run_b = a.run, b.run
         into_a = a.owned and (a.full or not b.full)
@@ -503,19 +503,19 @@ class _Compiler:
                 return getattr(y, name + "_")(x)
             return getattr(torch, name)(x, y)
 
-        return _Code(both, owned=True, full=a.full or b.full)
+        return _CompiledExpr(both, owned=True, full=a.full or b.full)
 
-    def unary(self, name: str, code: _Code) -> _Code:
+    def unary(self, name: str, code: _CompiledExpr) -> _CompiledExpr:
         if code.run is None:
             return _const(_on_constants(name, code.value))
         run, owned = code.run, code.owned
-        return _Code(
+        return _CompiledExpr(
             lambda s, p, inplace: _apply(name, run(s, p, inplace), owned=owned, inplace=inplace),
             owned=True,
             full=code.full,
         )
 
-    def power(self, base: _Code, exponent: _Code) -> _Code:
+    def power(self, base: _CompiledExpr, exponent: _CompiledExpr) -> _CompiledExpr:
         if base.run is None and exponent.run is None:
             return _const(_on_constants("pow", base.value, exponent.value))
         if exponent.run is None:
@@ -529,14 +529,14 @@ class _Compiler:
             return self.scalar("pow", base, int(e) if whole else e)
         if base.run is None:
             c, run = base.value, exponent.run
-            return _Code(
+            return _CompiledExpr(
                 lambda s, p, inplace: torch.pow(c, run(s, p, inplace)),
                 owned=True,
                 full=exponent.full,
             )
         return self.binary("pow", base, exponent)
 
-    def extremum(self, expr: sp.Min | sp.Max) -> _Code:
+    def extremum(self, expr: sp.Min | sp.Max) -> _CompiledExpr:
         pick, pairwise, clamp = (
             (min, "minimum", "clamp_max")
             if isinstance(expr, sp.Min)
@@ -551,17 +551,17 @@ class _Compiler:
             return _const(pick(constants))
         return self.scalar(clamp, result, pick(constants)) if constants else result
 
-    def heaviside(self, code: _Code, middle: float) -> _Code:
+    def heaviside(self, code: _CompiledExpr, middle: float) -> _CompiledExpr:
         if code.run is None:
             return _const(float(code.value > 0) if code.value != 0 else middle)
         run = code.run
-        return _Code(
+        return _CompiledExpr(
             lambda s, p, inplace: torch.heaviside(x := run(s, p, inplace), x.new_full((), middle)),
             owned=True,
             full=code.full,
         )
 
-    def relation(self, name: str, a: _Code, b: _Code) -> _Code:
+    def relation(self, name: str, a: _CompiledExpr, b: _CompiledExpr) -> _CompiledExpr:
         if a.run is None and b.run is None:
             return _const(bool(getattr(operator, name)(a.value, b.value)))
         if a.run is None:
@@ -569,16 +569,16 @@ class _Compiler:
         run_a, full = a.run, a.full or b.full
         if b.run is None:
             value = b.value
-            return _Code(
+            return _CompiledExpr(
                 lambda s, p, inplace: getattr(torch, name)(run_a(s, p, inplace), value), full=full
             )
         run_b = b.run
-        return _Code(
+        return _CompiledExpr(
             lambda s, p, inplace: getattr(torch, name)(run_a(s, p, inplace), run_b(s, p, inplace)),
             full=full,
         )
 
-    def logical(self, expr: sp.And | sp.Or) -> _Code:
+    def logical(self, expr: sp.And | sp.Or) -> _CompiledExpr:
         name = "logical_and" if isinstance(expr, sp.And) else "logical_or"
         codes = [self.node(arg) for arg in expr.args]
         runs = [c.run for c in codes if c.run is not None]
@@ -596,9 +596,9 @@ class _Compiler:
                 result = getattr(torch, name)(result, run(s, p, inplace))
             return result
 
-        return _Code(joined, full=any(c.full for c in codes))
+        return _CompiledExpr(joined, full=any(c.full for c in codes))
 
-    def piecewise(self, expr: sp.Piecewise) -> _Code:
+    def piecewise(self, expr: sp.Piecewise) -> _CompiledExpr:
         result = _const(math.nan)  # SymPy's Piecewise is undefined where no condition holds
         for piece in reversed(expr.args):
             value, condition = self.node(piece.expr), self.node(piece.cond)
@@ -608,11 +608,11 @@ class _Compiler:
             result = self.where(condition, value, result)
         return result
 
-    def where(self, condition: _Code, a: _Code, b: _Code) -> _Code:
+    def where(self, condition: _CompiledExpr, a: _CompiledExpr, b: _CompiledExpr) -> _CompiledExpr:
         cond = condition.run
         both_constant = a.run is None and b.run is None
 
-        def operand(code: _Code, s: Tensor, p: Tensor | None, inplace: bool, mask: Tensor):
+        def operand(code: _CompiledExpr, s: Tensor, p: Tensor | None, inplace: bool, mask: Tensor):
             if code.run is not None:
                 return code.run(s, p, inplace)
             # one constant takes the other's dtype; two need a tensor of s's dtype
@@ -624,7 +624,7 @@ class _Compiler:
                 mask, operand(a, s, p, inplace, mask), operand(b, s, p, inplace, mask)
             )
 
-        return _Code(chosen, owned=True, full=a.full or b.full or condition.full)
+        return _CompiledExpr(chosen, owned=True, full=a.full or b.full or condition.full)
 
 
 class Formula(TemperatureRule):
@@ -663,13 +663,13 @@ class Formula(TemperatureRule):
             )
         self.text = " ".join(formula.split())
         self.max_progress = checks.number("max_progress", max_progress, above=0)
-        #: The rule as a SymPy expression of ``S`` and ``PROGRESS``.
+        #: The rule as a SymPy expression of ``SIMILARITY`` and ``PROGRESS``.
         self.expression = parse(self.text)
-        self.per_pair = S in self.expression.free_symbols
+        self.per_pair = SIMILARITY in self.expression.free_symbols
         self.needs_progress = PROGRESS in self.expression.free_symbols
         compiler = _Compiler(self.text)
         self._tau = compiler.compile(self.expression)
-        self._slope = compiler.compile(sp.diff(self.expression, S))
+        self._slope = compiler.compile(sp.diff(self.expression, SIMILARITY))
         self._check()
 
     def params(self) -> dict[str, Any]:
@@ -687,7 +687,11 @@ class Formula(TemperatureRule):
         return (type(self), (self.text, self.max_progress))
 
     def _run(
-        self, code: _Code, s: Tensor, progress: float | Tensor | None, inplace: bool | None = None
+        self,
+        code: _CompiledExpr,
+        s: Tensor,
+        progress: float | Tensor | None,
+        inplace: bool | None = None,
     ) -> Tensor:
         if code.run is None:
             return s.new_full((), code.value)  # a fill, not a host-to-device copy
@@ -739,7 +743,7 @@ class Formula(TemperatureRule):
             progress = sp.Float(progress) if isinstance(progress, float) else sp.Integer(progress)
         elif not isinstance(progress, sp.Basic):
             raise ValueError(f"progress must be a number or a SymPy expression, got {progress!r}")
-        return self.expression.xreplace({S: s, PROGRESS: progress})
+        return self.expression.xreplace({SIMILARITY: s, PROGRESS: progress})
 
     def _check(self) -> None:
         """tau finite and > 0, d tau / ds finite, on the grid, in float64 and float32."""
@@ -758,7 +762,7 @@ class Formula(TemperatureRule):
                     slope = self._grid(self._slope, s, p)
                     self._require(slope, s, p, name, "d tau / ds", torch.isfinite)
 
-    def _grid(self, code: _Code, s: Tensor, p: Tensor | None) -> Tensor:
+    def _grid(self, code: _CompiledExpr, s: Tensor, p: Tensor | None) -> Tensor:
         if code.run is None:
             return torch.full_like(s, code.value)
         try:

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from dyntemp import checks
-from dyntemp.formula import Formula, S
+from dyntemp.formula import SIMILARITY, Formula
 from dyntemp.rule import TemperatureRule
 
 __all__ = [
@@ -106,7 +106,7 @@ class ProfileRule(TemperatureRule):
 
 @functools.lru_cache(maxsize=256)
 def _compiled(kind: type, params: tuple[tuple[str, float], ...]) -> TemperatureRule:
-    return Formula(kind(**dict(params)).sympy(S))
+    return Formula(kind(**dict(params)).sympy(SIMILARITY))
 
 
 def _profile(rule: ProfileRule) -> TemperatureRule:

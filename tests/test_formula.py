@@ -16,7 +16,7 @@ import torch
 
 from dyntemp import ntxent
 from dyntemp import temperature as T
-from dyntemp.formula import PROGRESS, S, parse
+from dyntemp.formula import PROGRESS, SIMILARITY, parse
 from dyntemp.loss import reference_ntxent
 
 GRID = torch.linspace(-1.0, 1.0, 401, dtype=torch.float64)
@@ -106,7 +106,7 @@ def test_fixed_formula_equals_fixed() -> None:
     assert tau.shape == () and tau.dtype == torch.float64 and float(tau) == 0.2
     assert formula.derivative(GRID).shape == () and float(formula.derivative(GRID)) == 0.0
     torch.testing.assert_close(formula(GRID), T.Fixed(0.2)(GRID), rtol=0, atol=0)
-    assert formula.sympy(S) == T.Fixed(0.2).sympy(S)
+    assert formula.sympy(SIMILARITY) == T.Fixed(0.2).sympy(SIMILARITY)
     z1, z2 = views()
     for detach in (True, False):
         torch.testing.assert_close(
@@ -123,8 +123,9 @@ def test_progress_formula_equals_cosine_schedule() -> None:
         assert tau.shape == ()
         torch.testing.assert_close(tau, schedule.tau(GRID, progress), rtol=0, atol=1e-15)
     t = sp.Symbol("t", nonnegative=True)
-    assert sp.simplify(formula.sympy(S) - schedule.sympy(S)) == 0
-    assert sp.simplify(formula.sympy(S, progress=t) - schedule.sympy(S, progress=t)) == 0
+    assert sp.simplify(formula.sympy(SIMILARITY) - schedule.sympy(SIMILARITY)) == 0
+    over_time = formula.sympy(SIMILARITY, progress=t) - schedule.sympy(SIMILARITY, progress=t)
+    assert sp.simplify(over_time) == 0
     z1, z2 = views()
     for detach in (True, False):
         ours = ntxent(z1, z2, formula, detach_temperature=detach, progress=3.0)
@@ -205,7 +206,7 @@ COMPILED = [
 
 
 def sympy_numbers(expr: sp.Expr, s: torch.Tensor) -> torch.Tensor:
-    f = sp.lambdify(S, expr, "math")
+    f = sp.lambdify(SIMILARITY, expr, "math")
     return torch.tensor([float(f(float(x))) for x in s], dtype=torch.float64)
 
 
@@ -218,10 +219,10 @@ def test_compiled_values_and_derivative_match_sympy(text: str) -> None:
     torch.testing.assert_close(
         rule(grid), sympy_numbers(rule.expression, grid), rtol=1e-13, atol=1e-14
     )
-    slope = sympy_numbers(sp.diff(rule.expression, S), grid)
+    slope = sympy_numbers(sp.diff(rule.expression, SIMILARITY), grid)
     derivative = rule.derivative(grid).expand_as(grid)  # 0-d where the slope is constant
     torch.testing.assert_close(derivative, slope, rtol=1e-12, atol=1e-13)
-    if not sp.diff(rule.expression, S).free_symbols:
+    if not sp.diff(rule.expression, SIMILARITY).free_symbols:
         return  # a piecewise constant: no graph to differentiate
     # the same through autograd (tau in the graph, so computed out of place)
     generic = T.TemperatureRule.derivative(rule, grid)
@@ -448,7 +449,7 @@ def test_from_a_sympy_expression() -> None:
 def test_sympy_form_puts_in_the_symbols() -> None:
     rule = T.Formula("(0.1 + 0.05*(1 - cos(pi*s)))*(1 + progress/100)")
     x, t = sp.Symbol("x"), sp.Symbol("t", nonnegative=True)
-    assert rule.sympy(x) == rule.expression.xreplace({S: x, PROGRESS: t})
+    assert rule.sympy(x) == rule.expression.xreplace({SIMILARITY: x, PROGRESS: t})
     assert rule.sympy(x, progress=100).subs(x, 0) == sp.Rational(1, 5)
     assert rule.sympy(x, symbolic=True) == rule.sympy(x)
     slope = rule.logit_slope(x, progress=0)
