@@ -274,6 +274,8 @@ def test_page_in_browser(site: str, browser, page_path: str) -> None:  # noqa: A
         shown = page.eval_on_selector_all("main img", "els => els.length")
         assert shown >= _stored_figures(source), f"{page_path}: figures of the source missing"
         wanted = _captioned_figures(source)
+        if source.suffix == ".ipynb":  # every figure of a chapter is captioned
+            assert len(wanted) == _stored_figures(source), f"{page_path}: uncaptioned figures"
         if wanted:
             captioned = page.evaluate(FIND_CAPTIONED)
             for caption, alt in wanted:

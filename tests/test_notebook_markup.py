@@ -16,6 +16,13 @@ markdown holds:
   solution folded in an HTML <details> block, with the blank lines that let Jupyter, Colab
   and MyST read the markdown inside it.
 
+Every figure has a caption and alt text in both worlds. The code cell that draws it carries
+them in its metadata (``mystnb: figure: caption, name`` and ``image: alt``), which the book
+renders as a numbered figure with its caption and alt text; the cell after it is a markdown
+cell tagged ``remove-cell`` that holds the same caption as an italic line,
+"*Figure 3.2: ...*", which Jupyter and Colab show under the figure and the book leaves out,
+having its own. Figures are numbered after their chapter, in order, as the book numbers them.
+
 The tests read the notebooks as JSON and import nothing of the library.
 """
 
@@ -53,6 +60,77 @@ EXERCISE = re.compile(r"\*\*Exercise (\d+)\.(\d+)\.\*\*")
 SOLUTION = re.compile(
     r"<details>\n<summary>Solution to exercise (\d+)\.(\d+)</summary>\n(.*?)</details>", re.S
 )
+
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
+FIGURE_NAME = re.compile(r"fig-(\d{2})-[a-z0-9]+(?:-[a-z0-9]+)*")
+REMOVED = "remove-cell"
+
+
+def _images(cell: dict) -> int:
+    return sum(
+        any(kind in output.get("data", {}) for kind in IMAGE_TYPES)
+        for output in cell.get("outputs", [])
+    )
+
+
+def figure_problems(notebook: dict, chapter: int) -> list[str]:
+    """What keeps the figures of a notebook from a caption and alt text in the book and in
+    Jupyter: every cell that draws an image needs both in its metadata, and the caption again
+    in the markdown cell after it, as "*Figure <chapter>.<n>: <caption>*", tagged remove-cell."""
+    problems: list[str] = []
+    cells = notebook["cells"]
+    names: set[str] = set()
+    number = 0
+    for index, cell in enumerate(cells):
+        options = cell.get("metadata", {}).get("mystnb", {})
+        images = _images(cell) if cell["cell_type"] == "code" else 0
+        where = f"cell {index}"
+        if not images:
+            if "figure" in options:
+                problems.append(f"{where}: a caption but no figure")
+            following = "".join(cell["source"]) if cell["cell_type"] == "markdown" else ""
+            tags = cell.get("metadata", {}).get("tags", [])
+            if REMOVED in tags and following.startswith("*Figure"):
+                before = cells[index - 1] if index else {"cell_type": "markdown"}
+                if before["cell_type"] != "code" or not _images(before):
+                    problems.append(f"{where}: a figure's caption line after no figure")
+            continue
+        number += 1
+        if images > 1:
+            problems.append(f"{where}: {images} figures in one cell share one caption")
+        figure = options.get("figure", {})
+        caption = str(figure.get("caption", "")).strip()
+        alt = str(options.get("image", {}).get("alt", "")).strip()
+        name = str(figure.get("name", ""))
+        if not caption:
+            problems.append(f"{where}: a figure without a caption (mystnb: figure: caption)")
+        if not alt:
+            problems.append(f"{where}: a figure without alt text (mystnb: image: alt)")
+        if "$" in caption + alt:
+            problems.append(
+                f"{where}: a formula in the caption or alt text, which the alt "
+                "text and the test of the built page read as plain text"
+            )
+        match = FIGURE_NAME.fullmatch(name)
+        if match is None or int(match.group(1)) != chapter:
+            problems.append(f"{where}: figure name {name!r} is not fig-{chapter:02d}-<words>")
+        elif name in names:
+            problems.append(f"{where}: figure name {name!r} used twice")
+        names.add(name)
+        wanted = f"*Figure {chapter}.{number}: {caption}*"
+        following = cells[index + 1] if index + 1 < len(cells) else None
+        if (
+            following is None
+            or following["cell_type"] != "markdown"
+            or REMOVED not in following.get("metadata", {}).get("tags", [])
+            or "".join(following["source"]).strip() != wanted
+        ):
+            problems.append(
+                f"{where}: the next cell is not the caption for Jupyter, a markdown "
+                f"cell tagged {REMOVED} that reads {wanted[:60]!r}"
+            )
+    return problems
 
 
 def _markdown(path: Path) -> list[str]:
@@ -210,6 +288,60 @@ def test_exercises_are_numbered_after_their_chapter_and_solutions_fold(path: Pat
         assert body.endswith("\n\n") and body.strip(), f"solution {a}.{b}"
     for markdown in _markdown(path):  # a solution stays inside its cell
         assert markdown.count("<details>") == markdown.count("</details>")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_figure_has_a_caption_and_alt_text_in_both_worlds(path: Path) -> None:
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    problems = figure_problems(notebook, int(path.name[:2]))
+    assert not problems, f"{path.name}: " + "; ".join(problems)
+
+
+def _figure_cell(metadata: dict) -> dict:
+    image = {
+        "output_type": "display_data",
+        "data": {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"},
+    }
+    return {"cell_type": "code", "metadata": metadata, "outputs": [image], "source": ["plt.show()"]}
+
+
+def _caption_cell(text: str) -> dict:
+    return {"cell_type": "markdown", "metadata": {"tags": [REMOVED]}, "source": [text]}
+
+
+def test_the_figure_check_finds_a_figure_without_its_caption() -> None:
+    captioned = {
+        "mystnb": {
+            "figure": {"caption": "Two curves.", "name": "fig-03-curves"},
+            "image": {"alt": "Two rising curves."},
+        }
+    }
+    good = {"cells": [_figure_cell(captioned), _caption_cell("*Figure 3.1: Two curves.*")]}
+    assert figure_problems(good, 3) == []
+    assert figure_problems({"cells": [_figure_cell({})]}, 3) == [
+        "cell 0: a figure without a caption (mystnb: figure: caption)",
+        "cell 0: a figure without alt text (mystnb: image: alt)",
+        "cell 0: figure name '' is not fig-03-<words>",
+        "cell 0: the next cell is not the caption for Jupyter, a markdown cell tagged "
+        "remove-cell that reads '*Figure 3.1: *'",
+    ]
+    no_line = {"cells": [_figure_cell(captioned)]}
+    assert [p[:40] for p in figure_problems(no_line, 3)] == [
+        "cell 0: the next cell is not the caption"
+    ]
+    shown = {"cells": [_figure_cell(captioned), _caption_cell("*Figure 3.2: Two curves.*")]}
+    assert len(figure_problems(shown, 3)) == 1  # numbered off its place
+    assert len(figure_problems(good, 4)) == 2  # named and numbered off its chapter
+    orphan = {
+        "cells": [
+            {**_figure_cell(captioned), "outputs": []},
+            _caption_cell("*Figure 3.1: Two curves.*"),
+        ]
+    }
+    assert figure_problems(orphan, 3) == [
+        "cell 0: a caption but no figure",
+        "cell 1: a figure's caption line after no figure",
+    ]
 
 
 OLD_MARKUP = r"""(sec-06-intro)=
