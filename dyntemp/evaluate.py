@@ -28,7 +28,7 @@ from dyntemp.augment import SimCLRAugment
 # ----------------------------------------------------------------------------- features
 
 
-def _floating(x: Tensor) -> Tensor:
+def _at_least_float32(x: Tensor) -> Tensor:
     """``x`` in float64 if it is float64, else in float32 (half precision is not enough)."""
     return x if x.dtype == torch.float64 else x.float()
 
@@ -70,7 +70,7 @@ def extract_features(
     chunks = []
     try:
         for start in range(0, len(images), batch_size):
-            batch = _on(images[start : start + batch_size], device)
+            batch = _on_device(images[start : start + batch_size], device)
             batch = transform(batch)
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
@@ -83,7 +83,7 @@ def extract_features(
     return torch.cat(chunks)
 
 
-def _on(batch: Tensor, device: torch.device) -> Tensor:
+def _on_device(batch: Tensor, device: torch.device) -> Tensor:
     """``batch`` on ``device``: itself if it is there, else a copy (non-blocking from the
     host only: a copy to the host must be complete before the host reads it)."""
     if batch.device == device:
@@ -152,7 +152,7 @@ def knn_predict(
     """
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
-    train = F.normalize(_floating(train_features), dim=1)
+    train = F.normalize(_at_least_float32(train_features), dim=1)
     test = F.normalize(test_features.to(train.device, train.dtype), dim=1)
     labels = train_labels.to(train.device)
     if num_classes is None:
@@ -221,7 +221,7 @@ def linear_probe(
     shifted and scaled per dimension by the training set's mean and standard deviation.
     Returns ``train_top1``, ``test_top1`` and the final training ``loss``.
     """
-    x_train = _floating(train_features)
+    x_train = _at_least_float32(train_features)
     x_test = test_features.to(x_train.device, x_train.dtype)
     y_train = train_labels.to(x_train.device)
     y_test = test_labels.to(x_train.device)
@@ -267,7 +267,7 @@ def linear_probe(
 
 def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> float:
     """Alignment ``E ||f(x) - f(x+)||^alpha`` over the rows of two views' features."""
-    z1, z2 = F.normalize(_floating(z1), dim=1), F.normalize(_floating(z2), dim=1)
+    z1, z2 = F.normalize(_at_least_float32(z1), dim=1), F.normalize(_at_least_float32(z2), dim=1)
     return (z1 - z2).norm(dim=1).pow(alpha).mean().item()
 
 
@@ -292,7 +292,7 @@ def uniformity(z: Tensor, t: float = 2.0, *, chunk_size: int = 2048) -> float:
 
     Lower is more uniform. Computed in chunks with log-sum-exp, so exact for large N.
     """
-    return _pairwise_logmeanexp(F.normalize(_floating(z), dim=1), t, chunk_size)
+    return _pairwise_logmeanexp(F.normalize(_at_least_float32(z), dim=1), t, chunk_size)
 
 
 def tolerance(z: Tensor, labels: Tensor) -> float:
@@ -304,7 +304,7 @@ def tolerance(z: Tensor, labels: Tensor) -> float:
     the value by about 1 / C). Exact in O(N D): the sum over a class's pairs is
     ``||sum_i z_i||^2 - sum_i ||z_i||^2``.
     """
-    z = F.normalize(_floating(z), dim=1)
+    z = F.normalize(_at_least_float32(z), dim=1)
     labels = labels.to(z.device)
     num_classes = int(labels.max()) + 1
     sums = z.new_zeros(num_classes, z.shape[1]).index_add_(0, labels, z)
@@ -318,7 +318,7 @@ def tolerance(z: Tensor, labels: Tensor) -> float:
 
 def class_centroids(z: Tensor, labels: Tensor) -> Tensor:
     """The mean of the L2-normalised features of each class present, L2-normalised."""
-    z = F.normalize(_floating(z), dim=1)
+    z = F.normalize(_at_least_float32(z), dim=1)
     labels = labels.to(z.device)
     num_classes = int(labels.max()) + 1
     sums = z.new_zeros(num_classes, z.shape[1]).index_add_(0, labels, z)
@@ -346,7 +346,7 @@ def similarity_histograms(
     ``other_class``: ``z1_i . z1_j`` for unordered pairs i < j of distinct images of the same
     or of different classes. Returns the counts (float tensors) and the bin ``edges``.
     """
-    z1, z2 = F.normalize(_floating(z1), dim=1), F.normalize(_floating(z2), dim=1)
+    z1, z2 = F.normalize(_at_least_float32(z1), dim=1), F.normalize(_at_least_float32(z2), dim=1)
     labels = labels.to(z1.device)
     n = len(z1)
 

@@ -142,23 +142,27 @@ class _PairwiseNTXent(torch.autograd.Function):
                 spread = torch.maximum(spread, 2.0 * (top.max() - positive.min()))
             ctx.factored = bool(spread < 160.0)  # a CPU tensor: nothing to wait for
         if ctx.factored:
-            loss, weights, u, v, miss = _factored(
+            loss, weights, u, v, off_positive = _factored(
                 logits, top, positive, positive_index, decoupled, reweight
             )
             # the positives' entries of G + G^T: -scale_ip (m_i + m_p(i)) / count, with
-            # m = 1 - P_ip, or 1 when reweighted
+            # m = 1 - P_ip (off_positive), or 1 when reweighted
             if reweight:
                 positive_grad = positive_scale * (-2.0 / count)
             else:
-                positive_grad = -positive_scale * (miss + miss[positive_index]) / count
+                positive_grad = (
+                    -positive_scale * (off_positive + off_positive[positive_index]) / count
+                )
             weights.mul_(scale)
             ctx.save_for_backward(a, a_norm, weights, u, v, positive_grad, positive_index, scale)
         else:
-            loss, grad, miss = _dense(logits, top, positive, positive_index, scale, reweight)
+            loss, grad, off_positive = _dense(
+                logits, top, positive, positive_index, scale, reweight
+            )
             if reweight:
                 grad[rows, positive_index] = positive_scale * (-1.0 / count)
             else:
-                grad[rows, positive_index] = -positive_scale * miss / count
+                grad[rows, positive_index] = -positive_scale * off_positive / count
             ctx.save_for_backward(a, a_norm, k, k_norm, grad, scale)
         return loss.sum() / count
 
