@@ -67,7 +67,8 @@ class _PairwiseNTXent(torch.autograd.Function):
     ``positive_mean``: A for the rules that read it (None: the mean of k[:half] . k[half:],
     the views' layout). ``parameters``: the rule's learned tensors, whose gradients the
     backward returns (rules with one temperature per batch: dL/dtau = -sum_ik G_ik s_ik / tau,
-    G = dL/ds).
+    G = dL/ds). A rule's ``positive_rule`` gives the positive pairs their temperatures (and
+    logit slopes), the rule itself every other pair.
 
     With ``rule.reweight`` (MACL) anchor i's loss is multiplied by the detached
     w_i = 1 / (1 - P_ip): its row of dL/dx becomes w_i (P_ik - [k = p(i)]) / count, that is
@@ -109,10 +110,19 @@ class _PairwiseNTXent(torch.autograd.Function):
 
         logits = a @ k.T  # s, then s / tau, then the gradient G, all in this one matrix
         tau = rule.tau(logits, progress, positive_mean)  # on the true s, self-pairs included
+        positive_rule = rule.positive_rule
+        if positive_rule is not None:  # the positive pairs' own rule (a per-pair rule's)
+            s_positive = logits[rows, positive_index]
+            tau_positive = positive_rule.tau(s_positive, progress, positive_mean)
+            tau[rows, positive_index] = tau_positive
         if detach_temperature or not rule.per_pair:
             scale = tau.reciprocal_()  # dL/ds = dL/dx / tau
         else:  # dL/ds = dL/dx * (tau - s tau') / tau^2
             scale = rule.logit_slope(logits, tau, progress=progress, positive_mean=positive_mean)
+            if positive_rule is not None:
+                scale[rows, positive_index] = positive_rule.logit_slope(
+                    s_positive, tau_positive, progress=progress, positive_mean=positive_mean
+                )
             tau.reciprocal_()
             logits.mul_(tau)
             tau = None
@@ -540,12 +550,16 @@ def reference_ntxent(
     n = z1.shape[0]
     z = nn.functional.normalize(torch.cat([z1, z2]), dim=1)
     sims = z @ z.T
-    positive_mean = (z[:n] * z[n:]).sum(1).mean().detach() if rule.needs_positive_mean else None
-    tau = rule(sims, progress, positive_mean)
-    in_graph = (rule.per_pair and not detach_temperature) or bool(rule.parameters())
-    logits = sims / (tau if in_graph else tau.detach())
     rows = torch.arange(2 * n, device=z.device)
     positive_index = torch.cat([rows[n:], rows[:n]])
+    positive_mean = (z[:n] * z[n:]).sum(1).mean().detach() if rule.needs_positive_mean else None
+    tau = rule(sims, progress, positive_mean)
+    if rule.positive_rule is not None:  # the positive pairs' own rule
+        tau = tau.clone()
+        positive_tau = rule.positive_rule(sims[rows, positive_index], progress, positive_mean)
+        tau[rows, positive_index] = positive_tau
+    in_graph = (rule.per_pair and not detach_temperature) or bool(rule.parameters())
+    logits = sims / (tau if in_graph else tau.detach())
     positive = logits[rows, positive_index]
     masked = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     if decoupled:

@@ -26,6 +26,10 @@ class TemperatureRule:
     needs_positive_mean: bool = False
     #: True when each anchor's loss is weighted by the detached 1 / (1 - P_ip) (MACL).
     reweight: bool = False
+    #: The rule of the positive pairs where it differs from this one (a per-pair rule), or
+    #: None: one rule for every pair. The loss gives the positive pairs this rule's
+    #: temperatures (and, with the temperature in the graph, its logit slope).
+    positive_rule: TemperatureRule | None = None
     #: What each argument of the constructor means, for the command line's help
     #: (``temperature.option_help``); ``{default}`` stands for the signature's default.
     arguments: ClassVar[dict[str, str]] = {}

@@ -27,6 +27,11 @@ The base class ``TemperatureRule`` lives in ``dyntemp.rule``, and ``Formula``, a
 formula of s, in ``dyntemp.formula`` (which compiles SymPy expressions to torch code, the
 code the rules here run too); both are importable from here.
 
+``DySTreSS`` is the rule as the journal version's code runs it (one cosine for every pair,
+tau_min at s = 0); ``DySTreSSNeurIPS`` as the NeurIPS-2023 submission's code ran it, the
+negative pairs under the cosine of pi s (tau_max at s = 0) and the positive pairs under
+DySTreSS's, given by its ``positive_rule``, which the loss reads.
+
 Two rules go beyond a temperature. ``MACL`` (with ``reweight``) also weights each anchor's loss
 by the detached 1 / (1 - P_ip), and says so by its attribute ``reweight``, which the loss
 reads. ``Learned`` holds a parameter, log tau, trained with the network: ``rule.parameters()``
@@ -56,6 +61,7 @@ __all__ = [
     "OPTIONS",
     "CosineSchedule",
     "DySTreSS",
+    "DySTreSSNeurIPS",
     "Exponential",
     "Fixed",
     "Formula",
@@ -137,9 +143,17 @@ class Fixed(TemperatureRule):
 
 
 class DySTreSS(ProfileRule):
-    """The paper's cosine rule: tau_max at s = +-1, tau_min at s = 0.
+    """The paper's cosine rule, as the journal version's code runs it: for every pair, tau_max
+    at s = +-1, tau_min at s = 0.
 
     tau(s) = tau_min + (tau_max - tau_min)/2 * (1 + cos(pi (1 + s)))
+
+    Source: github.com/sadimanna/DySTreSS (the code of the IEEE Transactions on Artificial
+    Intelligence version), ``smallscale/main.py`` lines 30 and 48 (``get_temp_positive`` and
+    ``get_temp_negative``, both ``tmin + 0.5*(tmax - tmin)*(1 + cos((1 + cossim)*pi))``) and
+    ``imagenet/ts_ntx_ent_loss.py`` line 81 (one ``get_temp`` for the whole matrix). The
+    NeurIPS-2023 submission's code gave the negative pairs another profile:
+    ``DySTreSSNeurIPS`` (``"dystress-neurips"``).
     """
 
     arguments = _RANGE
@@ -151,6 +165,45 @@ class DySTreSS(ProfileRule):
         lo = _exact("tau_min", self.tau_min, symbolic)
         hi = _exact("tau_max", self.tau_max, symbolic)
         return lo + (hi - lo) / 2 * (1 + sp.cos(sp.pi * (1 + s)))
+
+
+class DySTreSSNeurIPS(ProfileRule):
+    """DySTreSS as the NeurIPS-2023 submission's code ran it: the negatives' cosine peaks at s = 0.
+
+    Negative pairs: tau(s) = tau_min + (tau_max - tau_min)/2 * (1 + cos(pi s)), tau_max at
+    s = 0 and tau_min at s = +-1 (``sympy`` and ``tau`` are this profile). Positive pairs:
+    ``DySTreSS``'s cosine, tau_min at s = 0 and tau_max at s = +-1 (``positive_rule``, which the
+    loss applies to the positive pairs).
+
+    Source: github.com/subanon/dystress-nips2023 (the anonymous code of the submission),
+    ``main.py`` as first uploaded (commit a545f71, 2023-05-16: lines 39 and 69) and at commit
+    00df3f5 (2023-05-24: lines 31 and 49): ``get_temp_positive`` is
+    ``tmin + 0.5*(tmax - tmin)*(1 + cos((1 + cossim)*pi))`` and ``get_temp_negative``
+    ``tmin + 0.5*(tmax - tmin)*(1 + cos((0 + cossim)*pi))``, both on the detached similarities
+    (``positive_samples`` and ``negative_samples``). The repository's last commit (eae44ef, the
+    same day) writes ``(1 + cossim)`` for the negatives too: the rule of ``DySTreSS``, which the
+    journal version's code keeps.
+    """
+
+    arguments = {
+        "tau_min": "the lowest temperature: the positives' at s = 0, the negatives' at s = +-1 "
+        "(default: {default})",
+        "tau_max": "the highest temperature: the positives' at s = +-1, the negatives' at s = 0 "
+        "(default: {default})",
+    }
+
+    def __init__(self, tau_min: float = 0.1, tau_max: float = 0.2) -> None:
+        self.tau_min, self.tau_max = _range(tau_min, tau_max)
+
+    @property
+    def positive_rule(self) -> DySTreSS:  # type: ignore[override]
+        """The positive pairs' rule: DySTreSS's cosine with the same range."""
+        return DySTreSS(self.tau_min, self.tau_max)
+
+    def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
+        lo = _exact("tau_min", self.tau_min, symbolic)
+        hi = _exact("tau_max", self.tau_max, symbolic)
+        return lo + (hi - lo) / 2 * (1 + sp.cos(sp.pi * s))
 
 
 class ShiftedDySTreSS(ProfileRule):
@@ -395,6 +448,7 @@ class Learned(TemperatureRule):
 _RULES: dict[str, type[TemperatureRule]] = {
     "fixed": Fixed,
     "dystress": DySTreSS,
+    "dystress-neurips": DySTreSSNeurIPS,
     "shifted": ShiftedDySTreSS,
     "linear": Linear,
     "exponential": Exponential,

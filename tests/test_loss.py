@@ -14,6 +14,7 @@ RULES = [
     T.Fixed(0.2),
     T.DySTreSS(0.1, 0.2),
     T.DySTreSS(0.07, 0.2),
+    T.DySTreSSNeurIPS(0.1, 0.2),  # the positive pairs under a rule of their own
     T.ShiftedDySTreSS(),
     T.Linear(0.1, 0.2),
     T.Exponential(),
@@ -60,12 +61,13 @@ def reference(z1, z2, rule, *, detach=True, decoupled=False, progress=3.0):
             if k == i or (decoupled and k == p):
                 continue
             s = z[i] @ z[k]
-            tau = rule(s, progress=progress, positive_mean=positive_mean)
+            pair_rule = rule.positive_rule if k == p and rule.positive_rule else rule
+            tau = pair_rule(s, progress=progress, positive_mean=positive_mean)
             if detach:
                 tau = tau.detach()
             terms.append(s / tau)
         s_p = z[i] @ z[p]
-        tau_p = rule(s_p, progress=progress, positive_mean=positive_mean)
+        tau_p = (rule.positive_rule or rule)(s_p, progress=progress, positive_mean=positive_mean)
         if detach:
             tau_p = tau_p.detach()
         loss_i = torch.logsumexp(torch.stack(terms), 0) - s_p / tau_p
@@ -117,11 +119,15 @@ def similarity_loss(s, rule, detach):
     """L as a function of the similarity matrix, for the closed forms of chapter 2."""
     n2 = s.shape[0]
     n = n2 // 2
+    pos = torch.cat([torch.arange(n, n2), torch.arange(n)])
     tau = rule(s)
+    if rule.positive_rule is not None:  # the positive pairs' own rule
+        rows = torch.arange(n2)
+        tau = tau.clone()
+        tau[rows, pos] = rule.positive_rule(s[rows, pos])
     if detach:
         tau = tau.detach()
     x = (s / tau).masked_fill(torch.eye(n2, dtype=torch.bool), float("-inf"))
-    pos = torch.cat([torch.arange(n, n2), torch.arange(n)])
     return (torch.logsumexp(x, 1) - x[torch.arange(n2), pos]).mean(), x, tau, pos
 
 
@@ -142,7 +148,10 @@ def test_closed_form_gradients(rule, detach):
     closed[rows, pos] = -(1 - p[rows, pos]) / tau.detach()[rows, pos]
     if not detach:
         sd, td = s.detach(), tau.detach()
-        closed = closed * (1 - sd * rule.derivative(sd) / td)
+        slope = rule.derivative(sd)
+        if rule.positive_rule is not None:
+            slope[rows, pos] = rule.positive_rule.derivative(sd[rows, pos])
+        closed = closed * (1 - sd * slope / td)
     closed = closed / n2  # the mean over the 2N anchors
     torch.testing.assert_close(grad, closed, rtol=1e-10, atol=1e-12)
 
@@ -340,3 +349,25 @@ def test_the_cpu_path_reads_one_value_to_choose_and_the_counter_sees_it():
     with host_reads() as reads:
         ntxent(z1, z2, T.DySTreSS(0.1, 0.2)).backward()
     assert reads == ["aten._local_scalar_dense.default"]
+
+
+@pytest.mark.parametrize("detach", [True, False], ids=["detached", "in-graph"])
+def test_the_positive_pairs_rule_reaches_moco_s_loss(detach, path):
+    """pairwise_ntxent (MoCo's loss) gives the positive pairs the rule's positive_rule too."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    k = q.detach() + 0.5 * torch.randn(4, 6, generator=g, dtype=torch.float64)
+    queue = torch.randn(10, 6, generator=g, dtype=torch.float64)
+    rule = T.DySTreSSNeurIPS(0.1, 0.2)
+    loss = loss_module.pairwise_ntxent(q, k, queue, rule, detach_temperature=detach)
+    unit = torch.nn.functional.normalize
+    qn, kn, nn = unit(q, dim=1), unit(k, dim=1), unit(queue, dim=1)
+    s_pos, s_neg = (qn * kn).sum(1), qn @ nn.T
+    tau_pos, tau_neg = rule.positive_rule(s_pos), rule(s_neg)
+    if detach:
+        tau_pos, tau_neg = tau_pos.detach(), tau_neg.detach()
+    logits = torch.cat([(s_pos / tau_pos)[:, None], s_neg / tau_neg], dim=1)
+    expected = (torch.logsumexp(logits, 1) - logits[:, 0]).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    (grad,), (expected_grad,) = torch.autograd.grad(loss, q), torch.autograd.grad(expected, q)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)

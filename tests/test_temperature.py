@@ -17,6 +17,8 @@ GRID = torch.linspace(-1.0, 1.0, 401, dtype=torch.float64)
 PER_PAIR = [
     T.DySTreSS(),
     T.DySTreSS(0.07, 0.2),
+    T.DySTreSSNeurIPS(),
+    T.DySTreSSNeurIPS(0.07, 0.2),
     T.ShiftedDySTreSS(),
     T.ShiftedDySTreSS(0.05, 0.3, shift=-0.2, width=0.5),
     T.Linear(0.1, 0.2),
@@ -61,6 +63,24 @@ def test_dystress_shape() -> None:
     tau_min, tau_max = sp.symbols("tau_min tau_max", positive=True)
     other = tau_min + (tau_max - tau_min) / 2 * (1 - sp.cos(sp.pi * S))
     assert sp.simplify(rule.sympy(S, symbolic=True) - other) == 0
+
+
+def test_the_two_versions_of_dystress() -> None:
+    """The journal version's code (DySTreSS) gives every pair tau_min at s = 0; the NeurIPS-2023
+    submission's code gave the negatives the cosine of pi s (tau_max at s = 0) and the
+    positives DySTreSS's cosine."""
+    s = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=torch.float64)
+    journal, neurips = T.DySTreSS(0.1, 0.2), T.DySTreSSNeurIPS(0.1, 0.2)
+    torch.testing.assert_close(neurips(s), torch.tensor([0.1, 0.15, 0.2, 0.15, 0.1]).double())
+    assert neurips.positive_rule == journal and journal.positive_rule is None
+    torch.testing.assert_close(neurips(s) + journal(s), torch.full_like(s, 0.3))
+    # as the authors' code writes them: 1 + cos((0 + s) pi) and 1 + cos((1 + s) pi)
+    tau_min, tau_max = sp.symbols("tau_min tau_max", positive=True)
+    negatives = tau_min + 0.5 * (tau_max - tau_min) * (1 + sp.cos((0 + S) * sp.pi))
+    positives = tau_min + 0.5 * (tau_max - tau_min) * (1 + sp.cos((1 + S) * sp.pi))
+    assert sp.simplify(neurips.sympy(S, symbolic=True) - negatives) == 0
+    assert sp.simplify(neurips.positive_rule.sympy(S, symbolic=True) - positives) == 0
+    assert T.from_name("dystress-neurips", tau_min=0.07) == T.DySTreSSNeurIPS(0.07, 0.2)
 
 
 def test_shifted_matches_paper_points() -> None:
@@ -184,7 +204,8 @@ def test_option_help_names_the_rules_and_their_defaults() -> None:
     assert T.option_help("rate") == "exponential: the rate c (default: 3.5, the paper's)"
     assert T.option_help("tau_max") == (
         "dystress, shifted, linear, exponential: the highest temperature (default: 0.2); "
-        "schedule: the highest temperature (default: 1)"
+        "dystress-neurips: the highest temperature: the positives' at s = +-1, the negatives' "
+        "at s = 0 (default: 0.2); schedule: the highest temperature (default: 1)"
     )
     assert T.option_help("reweight").endswith("(default: on)")
     assert "default" not in T.option_help("formula")  # the command line needs --formula
