@@ -122,7 +122,7 @@ def test_the_whole_run_on_the_cpu_writes_its_results(tmp_path, monkeypatch, caps
 
     monkeypatch.setenv("DYNTEMP_DATA", str(tmp_path / "none"))  # random images for the views
     root = write_fake_cifar10(tmp_path / "data")
-    result = gpu.run(
+    result = gpu.measure(
         "cpu",
         data_root=str(root),
         views=(16, 32),

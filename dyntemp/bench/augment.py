@@ -88,7 +88,9 @@ def check_no_sync(aug: SimCLRAugment, images: torch.Tensor) -> str:
     return host_syncs(lambda: aug(images, g))
 
 
-def run(batch: int, size: int, rounds: int, batches: int) -> dict:
+def measure(batch: int, size: int, rounds: int, batches: int) -> dict:
+    """Views per second, batched against per image, the median of ``rounds`` alternating
+    rounds over ``batches`` batches of ``batch`` images of ``size``; on a GPU also there."""
     cores = usable_cores()
     images, source = test_images(batch * batches, size)
     aug = SimCLRAugment(size=size)
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {info['torch']}, {_threads(torch.get_num_threads())}"
         + (f", {info['machine']['gpu']}" if "gpu" in info["machine"] else "")
     )
-    result = run(args.batch, args.size, args.rounds, args.batches)
+    result = measure(args.batch, args.size, args.rounds, args.batches)
     print(
         f"{args.size}x{args.size} views, batches of {args.batch}, {result['images']}, "
         f"median of {args.rounds} alternating rounds, load average {result['load_average']:.1f}"

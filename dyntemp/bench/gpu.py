@@ -447,7 +447,7 @@ def failures(result: dict[str, Any]) -> list[str]:
     return found
 
 
-def run(
+def measure(
     device: torch.device | str,
     *,
     data_root: str | None = None,
@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench gpu: no CUDA device here, nothing measured (it needs a GPU)")
         return 0
     device = torch.device("cuda", torch.cuda.current_device())
-    result = run(
+    result = measure(
         device,
         data_root=args.data_root or os.environ.get("DYNTEMP_DATA"),
         budget=args.budget,
