@@ -254,13 +254,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's CIFAR setup (the defaults); CIFAR-100 the same on the other dataset.
     "paper-cifar10": {},
     "paper-cifar100": {"dataset": "cifar100"},
-    # The book's cpu scale: the small network on all of CIFAR-10 for 8 epochs of batch 128,
-    # 3,120 SGD steps, about 3 minutes a run with bf16 on a quiet 2-core CPU; the kNN on
-    # the whole test set every 2 epochs. Calibrated with fixed tau = 0.2, seed 0: lr 0.15 /
-    # 0.3 / 0.6 gave 55.6 / 56.9 / 56.4 %; with crops from 0.2 of the area, 57.4 % after 8
-    # epochs and 57.7 after 12: longer runs add little to the small network. A deeper one, four
-    # convolutions (32-64-128-128), went from 37.6 % untrained to 56.6 % in 1.45 times the
-    # time: +19.0 points, against +17.9 for the study's seed-0 run (38.1 to 56.0 %).
+    # The book's cpu scale: the small network on all of CIFAR-10, 8 epochs of batch 128.
     "cpu": {
         "model": "small",
         "epochs": 8,
@@ -269,12 +263,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "momentum": 0.9,
         "eval_every": 2,
     },
-    # The book's colab scale: ResNet-18 on a class-balanced 20,000 images for 10 epochs, for
-    # a reader with one T4-class GPU. Estimated, until a GPU measures it: a training image
-    # costs two views x (forward + backward, about 3 forwards) x 0.56 GFLOPs (ResNet-18 with
-    # the CIFAR stem at 32x32) = 3.3 GFLOPs; at a sixth of a T4's 65 fp16 TFLOPS, about
-    # 3,000 images/s, so 200,000 images take about 70 s and a run with its evaluations
-    # about 1.5 minutes: 5 runs (chapter 6) in about 8 minutes, the ablations in about 15.
+    # The book's colab scale: ResNet-18 on 20,000 balanced images, 10 epochs, one T4-class GPU.
     "colab": {
         "model": "resnet18",
         "subset": 20_000,
@@ -286,7 +275,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_epochs": 1.0,
         "eval_every": 2,
     },
-    # Does everything run? A handful of steps.
+    # The smoke scale: a handful of steps, to see that everything runs (what the tests use).
     "smoke": {
         "model": "small",
         "subset": 128,
