@@ -1,4 +1,5 @@
-"""The package's metadata says one truth: Python version, licence, dependencies, lint."""
+"""The package's metadata says one truth: Python version, licence, dependencies, lint, and
+the README's table of the modules."""
 
 from __future__ import annotations
 
@@ -118,3 +119,15 @@ def test_lint_fails_on_a_misformatted_file_that_ruff_check_passes(tmp_path):
     ruff = Path(sys.executable).parent / "ruff"
     assert subprocess.run([ruff, "check", "code.py"], cwd=tmp_path).returncode == 0
     assert _failing(commands, tmp_path)
+
+
+def test_the_readmes_module_table_has_a_line_for_every_module():
+    """README's "The library" lists each module of dyntemp (and the bench package) once, and
+    nothing that is gone: a new module without its line fails here."""
+    readme = (ROOT / "README.md").read_text()
+    library = readme.split("\n## The library\n")[1].split("\n## ")[0]
+    listed = re.findall(r"^\| `(dyntemp/[^`]+)` \|", library, re.M)
+    modules = [p.relative_to(ROOT).as_posix() for p in (ROOT / "dyntemp").glob("*.py")]
+    packages = [f"dyntemp/{p.parent.name}/" for p in (ROOT / "dyntemp").glob("*/__init__.py")]
+    assert len(listed) == len(set(listed)), "a module listed twice"
+    assert set(listed) == set(modules + packages)
