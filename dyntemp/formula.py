@@ -8,7 +8,7 @@ A formula reads the similarity ``s`` and may read the training ``progress`` (in 
 It is built from
 
 * numbers, ``s``, ``progress``, ``pi``, ``E``, ``+ - * / **`` and brackets;
-* the functions ``cos sin tan cosh sinh tanh exp log sqrt Abs (abs) Min Max (min max)``;
+* the functions ``cos sin tan cosh sinh tanh atanh exp log sqrt Abs (abs) Min Max (min max)``;
 * ``Piecewise((value, condition), ..., (value, True))``, the conditions comparisons with
   ``< <= > >=`` (chains like ``-0.5 < s < 0.5`` too) joined by ``&`` and ``|``.
 
@@ -88,6 +88,7 @@ _FUNCTION_TABLE: dict[str, tuple[Callable[..., sp.Expr], int, int | None]] = {
     "cosh": (sp.cosh, 1, 1),
     "sinh": (sp.sinh, 1, 1),
     "tanh": (sp.tanh, 1, 1),
+    "atanh": (sp.atanh, 1, 1),
     "exp": (sp.exp, 1, 1),
     "log": (sp.log, 1, 1),
     "sqrt": (sp.sqrt, 1, 1),
@@ -336,6 +337,7 @@ _UNARY = {
     sp.cosh: "cosh",
     sp.sinh: "sinh",
     sp.tanh: "tanh",
+    sp.atanh: "atanh",
     sp.exp: "exp",
     sp.log: "log",
     sp.Abs: "abs",

@@ -30,7 +30,9 @@ code the rules here run too); both are importable from here.
 ``DySTreSS`` is the rule as the journal version's code runs it (one cosine for every pair,
 tau_min at s = 0); ``DySTreSSNeurIPS`` as the NeurIPS-2023 submission's code ran it, the
 negative pairs under the cosine of pi s (tau_max at s = 0) and the positive pairs under
-DySTreSS's, given by its ``positive_rule``, which the loss reads.
+DySTreSS's, given by its ``positive_rule``, which the loss reads. ``TemperatureFree`` is Kim
+and Kim's temperature-free InfoNCE written as tau(s) = s / (2 atanh(s)), its singular points
+handled (``TEMPERATURE_FREE``, the same as a one-line ``Formula``).
 
 Two rules go beyond a temperature. ``MACL`` (with ``reweight``) also weights each anchor's loss
 by the detached 1 / (1 - P_ip), and says so by its attribute ``reweight``, which the loss
@@ -46,7 +48,7 @@ import inspect
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import sympy as sp
 import torch
@@ -70,6 +72,8 @@ __all__ = [
     "MACL",
     "ProfileRule",
     "ShiftedDySTreSS",
+    "TEMPERATURE_FREE",
+    "TemperatureFree",
     "TemperatureRule",
     "from_name",
     "option_help",
@@ -269,6 +273,48 @@ class Exponential(ProfileRule):
         return hi - (hi - lo) * sp.exp(-c * sp.Abs(s))
 
 
+#: Kim and Kim's temperature-free InfoNCE (arXiv 2501.17683) as a temperature: the logit
+#: s / tau(s) is the log-odds of (1 + s) / 2, log((1 + s) / (1 - s)) = 2 atanh(s), so
+#: tau(s) = s / (2 atanh(s)). Its singular points are handled: at s = 0 (0 / 0; the limit is
+#: 1/2) by the series 1/2 - s^2/6 - 2 s^4/45 for |s| < 0.001 (the next term, 22 s^6/945, is
+#: below float64's rounding there), and at s = +-1 (atanh infinite: tau = 0) by holding the
+#: similarity inside the atanh to +-(1 - 1e-6), where the logit is +-14.5 (a cosine of 1 in
+#: float32, the self-pair's, or just above it, then gives a finite positive temperature).
+TEMPERATURE_FREE = (
+    "Piecewise((1/2 - s**2/6 - 2*s**4/45, Abs(s) < 0.001), "
+    "(s/(2*atanh(Max(-0.999999, Min(s, 0.999999)))), True))"
+)
+
+
+class TemperatureFree(ProfileRule):
+    """Temperature-free InfoNCE (Kim and Kim 2025, arXiv 2501.17683), written as tau(s).
+
+    The paper replaces the logit s / tau by the log-odds of the similarity read as a
+    probability, p = (1 + s) / 2: log(p / (1 - p)) = log((1 + s) / (1 - s)) = 2 atanh(s). As
+    a temperature that is tau(s) = s / (2 atanh(s)): 1/2 at s = 0, falling to 0 at s = +-1,
+    and the effective logit's slope 2 / (1 - s^2) is positive everywhere. ``sympy`` gives the
+    formula the tensor code runs, ``TEMPERATURE_FREE`` (the series near 0, the similarity
+    held inside +-(1 - 1e-6) in the atanh), which is also a reader's one-line ``Formula``;
+    ``closed_form`` gives s / (2 atanh(s)) itself. No parameters: that is the point.
+
+    The paper's loss is this rule with the temperature in the graph
+    (``detach_temperature=False``, ``--no-detach-temperature``): the gradient then flows
+    through the map, d(2 atanh s)/ds = 2 / (1 - s^2), as in the paper. Detached (the
+    library's default, DySTreSS's way) it is another method: the arctanh profile used as a
+    stop-gradient temperature.
+    """
+
+    arguments: ClassVar[dict[str, str]] = {}
+
+    def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
+        return Formula(TEMPERATURE_FREE).sympy(s)
+
+    @staticmethod
+    def closed_form(s: sp.Expr) -> sp.Expr:
+        """tau(s) = s / (2 atanh(s)), without the handling of s = 0 and s = +-1."""
+        return s / (2 * sp.atanh(s))
+
+
 class CosineSchedule(TemperatureRule):
     """Kukleva et al.'s schedule over training time, one temperature for every pair.
 
@@ -452,6 +498,7 @@ _RULES: dict[str, type[TemperatureRule]] = {
     "shifted": ShiftedDySTreSS,
     "linear": Linear,
     "exponential": Exponential,
+    "temperature-free": TemperatureFree,
     "schedule": CosineSchedule,
     "macl": MACL,
     "learned": Learned,

@@ -15,6 +15,7 @@ RULES = [
     T.DySTreSS(0.1, 0.2),
     T.DySTreSS(0.07, 0.2),
     T.DySTreSSNeurIPS(0.1, 0.2),  # the positive pairs under a rule of their own
+    T.TemperatureFree(),  # the paper's loss with the temperature in the graph
     T.ShiftedDySTreSS(),
     T.Linear(0.1, 0.2),
     T.Exponential(),
@@ -371,3 +372,21 @@ def test_the_positive_pairs_rule_reaches_moco_s_loss(detach, path):
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
     (grad,), (expected_grad,) = torch.autograd.grad(loss, q), torch.autograd.grad(expected, q)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_temperature_free_in_the_graph_is_the_papers_loss(path):
+    """With the temperature in the graph the rule is the paper's InfoNCE of the logits
+    2 atanh(s), the loss and its gradient (detached it would be another method)."""
+    z1, z2 = views(dtype=torch.float64)
+    loss = ntxent(z1, z2, T.TemperatureFree(), detach_temperature=False)
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+    n2 = z.shape[0]
+    self_pairs = torch.eye(n2, dtype=torch.bool)
+    s = (z @ z.T).masked_fill(self_pairs, 0.0)  # atanh(1) is infinite: mask before, and after
+    logits = (2 * torch.atanh(s)).masked_fill(self_pairs, -torch.inf)
+    positives = torch.cat([torch.arange(n2 // 2, n2), torch.arange(n2 // 2)])
+    expected = torch.nn.functional.cross_entropy(logits, positives)
+    torch.testing.assert_close(loss, expected, rtol=1e-13, atol=0)
+    grads = torch.autograd.grad(loss, (z1, z2))
+    for a, b in zip(grads, torch.autograd.grad(expected, (z1, z2)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)

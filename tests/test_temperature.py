@@ -19,6 +19,7 @@ PER_PAIR = [
     T.DySTreSS(0.07, 0.2),
     T.DySTreSSNeurIPS(),
     T.DySTreSSNeurIPS(0.07, 0.2),
+    T.TemperatureFree(),
     T.ShiftedDySTreSS(),
     T.ShiftedDySTreSS(0.05, 0.3, shift=-0.2, width=0.5),
     T.Linear(0.1, 0.2),
@@ -268,3 +269,43 @@ class _FlatSlope(T.TemperatureRule):
 def test_logit_slope_broadcasts_a_0d_derivative() -> None:
     s = torch.rand(3, 3)
     torch.testing.assert_close(_FlatSlope().logit_slope(s), torch.full((3, 3), 4.0))
+
+
+def test_temperature_free_is_the_log_odds_of_the_similarity() -> None:
+    """Kim and Kim's logit, log(p / (1 - p)) with p = (1 + s) / 2, is s / tau(s) = 2 atanh(s)."""
+    rule = T.TemperatureFree()
+    s = GRID[(GRID.abs() < 0.999) & (GRID.abs() > 0.001)]  # the series near 0: tested below
+    log_odds = torch.log((1 + s) / (1 - s))
+    torch.testing.assert_close(s / rule(s), log_odds, rtol=1e-13, atol=0)  # log loses digits
+    torch.testing.assert_close(s / rule(s), 2 * torch.atanh(s), rtol=1e-14, atol=0)
+    closed = rule.closed_form(S)
+    assert sp.simplify(S / closed - 2 * sp.atanh(S)) == 0
+    assert sp.simplify(sp.diff(S / closed, S) - 2 / (1 - S**2)) == 0  # the logit's slope
+    assert sp.limit(closed, S, 0) == sp.Rational(1, 2)
+    assert rule.params() == {} and T.from_name("temperature-free") == rule
+
+
+def test_temperature_free_handles_its_singular_points() -> None:
+    """At s = 0 (0 / 0) the series takes over, continuous with the closed form; at s = +-1 and
+    beyond (float32's self-pair) the temperature stays finite and positive."""
+    rule = T.TemperatureFree()
+    edge = torch.tensor([0.001, -0.001], dtype=torch.float64)
+    series = 0.5 - edge**2 / 6 - 2 * edge**4 / 45
+    torch.testing.assert_close(rule(edge), series, rtol=1e-15, atol=0)  # both branches agree
+    assert rule(torch.zeros(1, dtype=torch.float64)).item() == 0.5
+    for dtype in (torch.float64, torch.float32):
+        s = torch.tensor([-1.0000001, -1.0, 0.0, 1.0, 1.0000001], dtype=dtype)
+        tau = rule(s)
+        assert torch.isfinite(tau).all() and (tau > 0).all(), tau
+        assert torch.isfinite(rule.derivative(s)).all()
+        assert (s / tau).abs().max() < 14.6  # the logit held at 2 atanh(1 - 1e-6)
+
+
+def test_temperature_free_is_a_one_line_formula() -> None:
+    """The reader's Formula of the same text runs the very same code."""
+    rule, formula = T.TemperatureFree(), T.Formula(T.TEMPERATURE_FREE)
+    for dtype in (torch.float64, torch.float32):
+        s = GRID.to(dtype)
+        assert torch.equal(formula(s), rule(s))
+        assert torch.equal(formula.derivative(s), rule.derivative(s))
+    assert sp.simplify(formula.sympy(S) - rule.sympy(S)) == 0
