@@ -47,7 +47,7 @@ test-experiments: data
 	$(BIN)/python -c "import matplotlib.pyplot"
 	runs=$$(mktemp -d) && DYNTEMP_SCALE=smoke DYNTEMP_SMOKE_DIR=$$runs \
 	  $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
-	  --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks/0[6-9]_*.ipynb; \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks/0[6-9]_*.ipynb notebooks/1[0-9]_*.ipynb; \
 	  status=$$?; rm -rf $$runs; exit $$status
 
 # The study behind the experiment chapters at DYNTEMP_SCALE (cpu unless set; about 3 hours
@@ -59,7 +59,7 @@ study: data
 # that scale's runs; what they print is then what the book shows.
 chapters: data
 	$(BIN)/python -c "import matplotlib.pyplot"
-	cd notebooks && for chapter in 0[6-9]_*.ipynb; do \
+	cd notebooks && for chapter in 0[6-9]_*.ipynb 1[0-9]_*.ipynb; do \
 	  ../$(BIN)/jupyter-execute --inplace --timeout=-1 $$chapter || exit 1; done
 
 # The book, from scratch (a stale build would hide the warnings of unchanged pages);
