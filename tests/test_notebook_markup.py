@@ -99,6 +99,9 @@ def figure_problems(notebook: dict, chapter: int) -> list[str]:
         number += 1
         if images > 1:
             problems.append(f"{where}: {images} figures in one cell share one caption")
+        displays = [o for o in cell.get("outputs", []) if o["output_type"] != "stream"]
+        if len(displays) > images:  # the book would caption (and name) each of them
+            problems.append(f"{where}: another display beside the figure shares its caption")
         figure = options.get("figure", {})
         caption = str(figure.get("caption", "")).strip()
         alt = str(options.get("image", {}).get("alt", "")).strip()
@@ -328,6 +331,11 @@ def test_the_figure_check_finds_a_figure_without_its_caption() -> None:
     no_line = {"cells": [_figure_cell(captioned)]}
     assert [p[:40] for p in figure_problems(no_line, 3)] == [
         "cell 0: the next cell is not the caption"
+    ]
+    formula = {"output_type": "display_data", "data": {"text/latex": "$x$"}}
+    two = {**_figure_cell(captioned), "outputs": [*_figure_cell(captioned)["outputs"], formula]}
+    assert figure_problems({"cells": [two, good["cells"][1]]}, 3) == [
+        "cell 0: another display beside the figure shares its caption"
     ]
     shown = {"cells": [_figure_cell(captioned), _caption_cell("*Figure 3.2: Two curves.*")]}
     assert len(figure_problems(shown, 3)) == 1  # numbered off its place
