@@ -116,6 +116,7 @@ class TrainConfig:
     a0: float | None = _option("a0")
     reweight: bool | None = _option("reweight")
     tau_floor: float | None = _option("tau_floor")
+    dt_m: float | None = _option("dt_m")
     formula: str | None = _option("formula")
     detach_temperature: bool = _doc("stop gradients through the temperature", default=True)
     decoupled: bool = _doc(

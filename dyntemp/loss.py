@@ -74,6 +74,8 @@ class _PairwiseNTXent(torch.autograd.Function):
     w_i = 1 / (1 - P_ip): its row of dL/dx becomes w_i (P_ik - [k = p(i)]) / count, that is
     P_ik / (1 - P_ip) on the negatives (the softmax over the negatives alone) and exactly -1
     on the positive. Both paths stay exact: a row scaling keeps G = u_i W_ik v_k factored.
+    With ``rule.inter_scale`` as well (dual temperature) w_i = (1 - P'_ip) / (1 - P_ip), P' the
+    softmax of the logits times inter_scale (at the inter-anchor temperature), detached.
     """
 
     @staticmethod
@@ -92,11 +94,7 @@ class _PairwiseNTXent(torch.autograd.Function):
         *parameters: Tensor,
     ) -> Tensor:
         reweight = rule.reweight
-        if reweight and decoupled:
-            raise ValueError(
-                f"{rule!r} weights each loss by 1 / (1 - P_ip), which the decoupled loss "
-                "does not have: turn the reweighting off (reweight=False) or decoupled off"
-            )
+        rule.check_decoupled(decoupled)
         if parameters and rule.per_pair:
             raise ValueError("a learned temperature must be one number per batch (per_pair False)")
         a, a_norm = _normalise(anchors)
@@ -138,6 +136,9 @@ class _PairwiseNTXent(torch.autograd.Function):
             logits[:, :private_keys].masked_fill_(others, float("-inf"))
         if decoupled:
             logits[rows, positive_index] = float("-inf")
+        factor = None  # dual temperature: the weight's numerator 1 - P'_ip, detached
+        if reweight and rule.inter_scale is not None:
+            factor = _off_positive(logits * rule.inter_scale, rows, positive_index)
         top = logits.amax(dim=1)
         positive_scale = scale[rows, positive_index] if scale.dim() else scale.expand(count)
         ctx.symmetric = keys is None
@@ -153,11 +154,13 @@ class _PairwiseNTXent(torch.autograd.Function):
             ctx.factored = bool(spread < 160.0)  # a CPU tensor: nothing to wait for
         if ctx.factored:
             loss, weights, u, v, off_positive = _factored(
-                logits, top, positive, positive_index, decoupled, reweight
+                logits, top, positive, positive_index, decoupled, reweight, factor
             )
             # the positives' entries of G + G^T: -scale_ip (m_i + m_p(i)) / count, with
-            # m = 1 - P_ip (off_positive), or 1 when reweighted
-            if reweight:
+            # m = 1 - P_ip (off_positive), or 1 when reweighted (1 - P'_ip, dual temperature)
+            if factor is not None:
+                positive_grad = -positive_scale * (factor + factor[positive_index]) / count
+            elif reweight:
                 positive_grad = positive_scale * (-2.0 / count)
             else:
                 positive_grad = (
@@ -167,9 +170,11 @@ class _PairwiseNTXent(torch.autograd.Function):
             ctx.save_for_backward(a, a_norm, weights, u, v, positive_grad, positive_index, scale)
         else:
             loss, grad, off_positive = _dense(
-                logits, top, positive, positive_index, scale, reweight
+                logits, top, positive, positive_index, scale, reweight, factor
             )
-            if reweight:
+            if factor is not None:
+                grad[rows, positive_index] = positive_scale * factor * (-1.0 / count)
+            elif reweight:
                 grad[rows, positive_index] = positive_scale * (-1.0 / count)
             else:
                 grad[rows, positive_index] = -positive_scale * off_positive / count
@@ -224,9 +229,11 @@ def _dense(
     positive_index: Tensor,
     scale: Tensor,
     reweight: bool = False,
+    factor: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Row by row: the anchors' losses, G = scale * P / count with the positives zeroed,
-    and 1 - P_ip. Reweighted (MACL): losses times 1 / (1 - P_ip), P over the negatives.
+    and 1 - P_ip. Reweighted (MACL): losses times 1 / (1 - P_ip), P over the negatives;
+    and times ``factor`` (dual temperature's 1 - P'_ip) where given.
 
     Each row is shifted by its own maximum, so whatever the spread of the rows' maxima
     (tau near 0.001) the largest entry is 1 and nothing overflows; a positive far below its
@@ -245,6 +252,9 @@ def _dense(
         negatives_safe = negatives.clamp_min(torch.finfo(negatives.dtype).tiny)
         loss = loss.mul_(total).div_(negatives_safe)
         row = negatives_safe.mul(count).reciprocal_()
+        if factor is not None:
+            loss.mul_(factor)
+            row.mul_(factor)
     else:
         row = total.mul(count).reciprocal_()
     if scale.dim():  # a scale per pair
@@ -261,6 +271,7 @@ def _factored(
     positive_index: Tensor,
     decoupled: bool,
     reweight: bool = False,
+    factor: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A symmetric factorisation of the gradient: P_ik / count = u_i q_ik v_k.
 
@@ -268,7 +279,8 @@ def _factored(
     W = q * scale (positives zeroed, they are handled apart); then off the positives
     G + G^T = W * (u v^T + v u^T), built from rank-one scalings without a transposed pass
     over the matrix. Returns the anchors' losses, q, u, v and 1 - P_ip. Reweighted (MACL)
-    the losses are multiplied by 1 / (1 - P_ip) and u_i = 1 / (count * negatives_i).
+    the losses are multiplied by 1 / (1 - P_ip) and u_i = 1 / (count * negatives_i), and both
+    by ``factor`` (dual temperature's 1 - P'_ip) where given.
     """
     count, rows = logits.shape[0], torch.arange(logits.shape[0], device=logits.device)
     half = top * 0.5
@@ -287,9 +299,21 @@ def _factored(
         negatives_safe = negatives.clamp_min(torch.finfo(negatives.dtype).tiny)
         loss = loss.mul_(total).div_(negatives_safe)
         u = negatives_safe.mul(count).reciprocal_()
+        if factor is not None:
+            loss.mul_(factor)
+            u.mul_(factor)
     else:
         u = total.mul(count).reciprocal_()
     return loss, q, u, v, negatives / total
+
+
+def _off_positive(logits: Tensor, rows: Tensor, positive_index: Tensor) -> Tensor:
+    """1 - P_ip of each row's softmax (masked entries -inf), as the sigmoid of the
+    log-sum-exp of the other entries less the positive's: accurate when P_ip is near 1 too.
+    Works in place on ``logits``."""
+    positive = logits[rows, positive_index]
+    logits[rows, positive_index] = float("-inf")
+    return torch.sigmoid(torch.logsumexp(logits, dim=1).sub_(positive))
 
 
 class _GatherWithGradient(torch.autograd.Function):
@@ -543,7 +567,7 @@ def reference_ntxent(
     The temperature of each pair is the rule on the true similarities; the self-pair is
     masked; with ``decoupled`` the positive leaves the denominator; a learned temperature
     stays in the graph of its parameter; a reweighting rule (MACL) multiplies each anchor's
-    loss by the detached 1 / (1 - P_ip).
+    loss by the detached 1 / (1 - P_ip), and dual temperature by (1 - P'_ip) / (1 - P_ip).
     """
     _check_inputs(z1, z2)
     rule = _as_rule(temperature)
@@ -568,4 +592,7 @@ def reference_ntxent(
     losses = denominator - positive
     if rule.reweight:
         losses = losses / -torch.expm1(-losses.detach())  # 1 - P_ip = 1 - exp(-L_i)
+    if rule.reweight and rule.inter_scale is not None:  # times 1 - P'_ip, P' at tau / scale
+        inter = (logits.detach() * rule.inter_scale).masked_fill(masked, float("-inf"))
+        losses = losses * -torch.expm1(inter.log_softmax(dim=1)[rows, positive_index])
     return losses.mean()

@@ -26,6 +26,10 @@ class TemperatureRule:
     needs_positive_mean: bool = False
     #: True when each anchor's loss is weighted by the detached 1 / (1 - P_ip) (MACL).
     reweight: bool = False
+    #: With ``reweight``: the weight is (1 - P'_ip) / (1 - P_ip) instead, P' the softmax of the
+    #: logits times this number, at the temperature tau / inter_scale (dual temperature); None:
+    #: the numerator is 1.
+    inter_scale: float | None = None
     #: The rule of the positive pairs where it differs from this one (a per-pair rule), or
     #: None: one rule for every pair. The loss gives the positive pairs this rule's
     #: temperatures (and, with the temperature in the graph, its logit slope).

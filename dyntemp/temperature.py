@@ -63,6 +63,7 @@ __all__ = [
     "OPTIONS",
     "CosineSchedule",
     "DySTreSS",
+    "DualTemperature",
     "DySTreSSNeurIPS",
     "Exponential",
     "Fixed",
@@ -429,6 +430,61 @@ class MACL(TemperatureRule):
         return tau0 * (1 + alpha * (a - a0))
 
 
+class DualTemperature(TemperatureRule):
+    """Dual temperature (Zhang et al., CVPR 2022): one temperature inside each anchor's
+    softmax, another, detached, weighting the anchor.
+
+    L = mean_i w_i (-log P_ip), P the softmax of s / tau (the intra-anchor temperature, the
+    rule's temperature), w_i = (1 - P'_ip) / (1 - P_ip) detached, P' the softmax of
+    s / (dt_m tau) (the inter-anchor temperature). As the authors' code:
+    ``solo/losses/dual_temperature_loss.py`` of github.com/ChaoningZhang/Dual-temperature
+    (lines 45-61: ``logits_intra = logits / temperature``, ``logits_inter = logits /
+    (temperature*dt_m)``, ``inter_intra = (1 - prob_inter[:, 0]) / (1 - prob_intra[:, 0])``,
+    ``loss = inter_intra.detach() * loss``, the mean), with their defaults tau = 0.1,
+    dt_m = 10 (``solo/methods/simco_dual_temperature.py``, ``bash_files/simco.sh``). The
+    authors' SimCo contrasts each view's anchors with the other view's batch alone (N - 1
+    negatives); here the anchors are NT-Xent's, 2N - 2 negatives from both views (and MoCo's
+    queue with ``--method moco``). The loss reads ``reweight`` and ``inter_scale`` = 1 / dt_m.
+    """
+
+    per_pair = False
+    reweight = True
+    arguments = {
+        "tau": "the intra-anchor temperature, inside each anchor's softmax (default: "
+        "{default}, the authors')",
+        "dt_m": "the inter-anchor temperature of dual temperature's weight is dt_m * tau "
+        "(default: {default}, the authors')",
+    }
+
+    def __init__(self, tau: float = 0.1, dt_m: float = 10.0) -> None:
+        self.tau_value = checks.number("tau", tau, above=0)
+        self.dt_m = checks.number("dt_m", dt_m, above=0)
+
+    @property
+    def inter_scale(self) -> float:  # type: ignore[override]
+        """tau / tau_inter = 1 / dt_m: the intra-anchor logits times this are the inter's."""
+        return 1.0 / self.dt_m
+
+    def params(self) -> dict[str, float]:
+        return {"tau": self.tau_value, "dt_m": self.dt_m}
+
+    def check_decoupled(self, decoupled, *, reweight_off="", decoupled_off="decoupled=False"):
+        if decoupled:
+            raise ValueError(
+                f"{self!r} weights each anchor's loss by (1 - P'_ip) / (1 - P_ip), which needs "
+                f"the positive in the denominator: turn the decoupled loss off ({decoupled_off})"
+            )
+
+    def tau(self, s, progress=None, positive_mean=None):
+        return s.new_full((), self.tau_value)
+
+    def derivative(self, s):
+        return s.new_zeros(())
+
+    def sympy(self, s, *, progress=None, positive_mean=None, symbolic=False):
+        return _exact("tau", self.tau_value, symbolic)
+
+
 class Learned(TemperatureRule):
     """A temperature learned with the network, as CLIP does: tau = exp(theta), tau >= tau_floor.
 
@@ -501,6 +557,7 @@ _RULES: dict[str, type[TemperatureRule]] = {
     "temperature-free": TemperatureFree,
     "schedule": CosineSchedule,
     "macl": MACL,
+    "dual": DualTemperature,
     "learned": Learned,
     "formula": Formula,
 }
@@ -542,9 +599,10 @@ def from_name(name: str, **params: Any) -> TemperatureRule:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         verb = "does" if len(unknown) == 1 else "do"
+        takes = ", ".join(allowed) if allowed else "no arguments"
         raise ValueError(
             f"{', '.join(unknown)} {verb} not apply to the temperature rule {name!r}, "
-            f"which takes {', '.join(allowed)}"
+            f"which takes {takes}"
         )
     return rule(**params)
 

@@ -23,6 +23,8 @@ RULES = [
     T.MACL(0.1, 0.5, 0.0),  # reweighted, as the authors train
     T.MACL(0.1, 0.5, 0.0, reweight=False),
     T.MACL(0.05, 2.0, 0.8),  # the SimCSE setting: tau held at the floor when A < 0.3
+    T.DualTemperature(0.1, 10.0),  # the authors' setting
+    T.DualTemperature(0.2, 3.0),
     T.Learned(0.2),
 ]
 PER_PAIR = [r for r in RULES if r.per_pair]
@@ -75,6 +77,10 @@ def reference(z1, z2, rule, *, detach=True, decoupled=False, progress=3.0):
         if rule.reweight:  # MACL: times the detached 1 / (1 - P_ip), P_ip the softmax's
             p_ip = torch.exp(s_p / tau_p) / torch.stack(terms).exp().sum()
             loss_i = loss_i / (1 - p_ip.detach())
+        if rule.reweight and rule.inter_scale is not None:  # dual: times 1 - P'_ip
+            r = rule.inter_scale
+            p_inter = torch.exp(r * s_p / tau_p) / (r * torch.stack(terms)).exp().sum()
+            loss_i = loss_i * (1 - p_inter.detach())
         losses.append(loss_i)
     return torch.stack(losses).mean()
 

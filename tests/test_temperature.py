@@ -162,6 +162,9 @@ def test_symbolic_parameters() -> None:
         ("macl", {"reweight": 1}, "reweight must be True or False"),
         ("macl", {"alpha": float("inf")}, "alpha must be a finite number"),
         ("learned", {"tau": 0.005}, "tau_floor must be <= tau"),
+        ("dual", {"dt_m": 0.0}, "dt_m must be > 0"),
+        ("dual", {"tau": -0.1}, "tau must be > 0"),
+        ("temperature-free", {"tau": 0.1}, "rule 'temperature-free', which takes no arguments"),
         ("learned", {"tau": 0.0}, "tau must be > 0"),
         ("learned", {"alpha": 0.5}, "alpha does not apply to the temperature rule 'learned'"),
         ("dystress", {"tau": 0.2}, "tau does not apply to the temperature rule 'dystress'"),
@@ -212,6 +215,17 @@ def test_option_help_names_the_rules_and_their_defaults() -> None:
     assert "default" not in T.option_help("formula")  # the command line needs --formula
 
 
+def test_dual_temperature_is_a_weighted_fixed_temperature() -> None:
+    rule = T.DualTemperature(0.1, dt_m=10.0)
+    assert rule.reweight and not rule.per_pair and rule.inter_scale == pytest.approx(0.1)
+    assert rule.sympy(S) == sp.Rational(1, 10) and rule.params() == {"tau": 0.1, "dt_m": 10.0}
+    assert float(rule.tau(torch.zeros(3))) == pytest.approx(0.1)
+    assert T.MACL().inter_scale is None  # MACL's weight has no numerator
+    with pytest.raises(ValueError, match=r"turn the decoupled loss off \(--no-decoupled\)"):
+        rule.check_decoupled(True, decoupled_off="--no-decoupled")
+    rule.check_decoupled(False)
+
+
 def test_a_reweighting_rule_refuses_the_decoupled_loss() -> None:
     T.MACL().check_decoupled(False)
     T.MACL(reweight=False).check_decoupled(True)
@@ -229,6 +243,9 @@ ALL_RULES = [
     T.MACL(0.1, 0.5, 0.0),
     T.MACL(0.05, 2.0, 0.8, reweight=False, tau_floor=0.02),
     T.Learned(0.07, tau_floor=0.01),
+    T.DualTemperature(),
+    T.DualTemperature(0.2, dt_m=3.0),
+    T.TemperatureFree(),
 ]
 
 

@@ -1,0 +1,118 @@
+"""The rules against other people's code: the authors' loss transcribed in float64 where it
+cannot be installed (dual temperature), the installed library elsewhere (lightly's MACLLoss
+and cosine_schedule, LibAUC's GCLoss_v1 for iSogCLR). The libraries are test dependencies
+(requirements.txt): these tests are not skipped when one is missing, they fail."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dyntemp import loss as loss_module
+from dyntemp import ntxent
+from dyntemp import temperature as T
+
+
+@pytest.fixture(params=["cpu-path", "gpu-path"])
+def path(request, monkeypatch):
+    """Both ways through the loss: the CPU's (the values may choose the symmetric
+    factorisation) and the one taken on a GPU (row by row, reading no value)."""
+    if request.param == "gpu-path":
+        monkeypatch.setattr(loss_module, "_may_read_values", lambda device: False)
+    return request.param
+
+
+def views(n=6, d=5, seed=0, spread=0.7):
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(n, d, generator=g, dtype=torch.float64)
+    z2 = z1 + spread * torch.randn(n, d, generator=g, dtype=torch.float64)
+    return z1.requires_grad_(), z2.requires_grad_()
+
+
+def assert_same_loss_and_gradients(ours, theirs, inputs, rtol=1e-12, grad_rtol=1e-10):
+    torch.testing.assert_close(ours, theirs, rtol=rtol, atol=0)
+    grads = torch.autograd.grad(ours, inputs)
+    for a, b in zip(grads, torch.autograd.grad(theirs, inputs), strict=True):
+        torch.testing.assert_close(a, b, rtol=grad_rtol, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- dual temperature
+
+
+def dual_temperature_steps(logits, temperature, dt_m):
+    """The steps of the authors' ``dual_temperature_loss_func`` from the logits on
+    (github.com/ChaoningZhang/Dual-temperature, solo/losses/dual_temperature_loss.py, lines
+    45-61), written out in float64: each row holds the positive's similarity first, then the
+    negatives'."""
+    logits_intra = logits / temperature
+    prob_intra = F.softmax(logits_intra, dim=1)
+    logits_inter = logits / (temperature * dt_m)
+    prob_inter = F.softmax(logits_inter, dim=1)
+    inter_intra = (1 - prob_inter[:, 0]) / (1 - prob_intra[:, 0])
+    loss = -F.log_softmax(logits_intra, dim=-1)[:, 0]
+    return (inter_intra.detach() * loss).mean()
+
+
+def authors_dual_temperature_loss(query, key, temperature=0.1, dt_m=10.0):
+    """``dual_temperature_loss_func(query, key)`` (lines 36-43 build the logits: the positive
+    q_i . k_i, then q_i against every other key of the batch), on unit vectors as their SimCo
+    calls it (``F.normalize`` before the loss)."""
+    query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)
+    pos = torch.einsum("nc,nc->n", [query, key]).unsqueeze(-1)
+    neg = torch.einsum("nc,ck->nk", [query, key.T])
+    mask_neg = torch.ones_like(neg, dtype=torch.bool).fill_diagonal_(False)
+    neg = neg[mask_neg].reshape(neg.size(0), neg.size(1) - 1)
+    return dual_temperature_steps(torch.cat([pos, neg], dim=1), temperature, dt_m)
+
+
+SETTINGS = [(0.1, 10.0), (0.2, 3.0), (0.5, 1.0)]  # the authors' first; dt_m = 1: NT-Xent
+
+
+@pytest.mark.parametrize(("tau", "dt_m"), SETTINGS)
+def test_dual_temperature_is_the_authors_loss_on_their_anchors(tau, dt_m):
+    """One view's queries against the other view's batch, the layout of the authors' SimCo:
+    the loss's own path for anchors against a set of keys computes their function."""
+    q1, q2 = views()
+    rule = T.DualTemperature(tau, dt_m)
+    rows = torch.arange(q1.shape[0])
+    options = (rule, None, True, False, None, 0)  # progress, detached, not decoupled, A, keys
+    ours = loss_module._PairwiseNTXent.apply(q1, q2, None, rows, *options)
+    assert_same_loss_and_gradients(ours, authors_dual_temperature_loss(q1, q2, tau, dt_m), (q1, q2))
+    # SimCo's symmetric loss, both views as queries
+    both = (
+        loss_module._PairwiseNTXent.apply(q1, q2, None, rows, *options)
+        + loss_module._PairwiseNTXent.apply(q2, q1, None, rows, *options)
+    ) / 2
+    theirs = (
+        authors_dual_temperature_loss(q1, q2, tau, dt_m)
+        + authors_dual_temperature_loss(q2, q1, tau, dt_m)
+    ) / 2
+    assert_same_loss_and_gradients(both, theirs, (q1, q2))
+
+
+@pytest.mark.parametrize(("tau", "dt_m"), SETTINGS)
+def test_dual_temperature_in_nt_xent_is_the_authors_steps_on_its_anchors(tau, dt_m, path):
+    """NT-Xent's 2N anchors, each with its positive and the 2N - 2 other views as negatives:
+    ntxent with the rule is the authors' steps on those logits."""
+    z1, z2 = views(n=7, seed=1)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n2 = z.shape[0]
+    positives = torch.cat([torch.arange(n2 // 2, n2), torch.arange(n2 // 2)])
+    sims = z @ z.T
+    rows = torch.arange(n2)
+    negative = torch.ones(n2, n2, dtype=torch.bool)
+    negative[rows, rows] = False
+    negative[rows, positives] = False
+    logits = torch.cat([sims[rows, positives][:, None], sims[negative].reshape(n2, -1)], dim=1)
+    theirs = dual_temperature_steps(logits, tau, dt_m)
+    ours = ntxent(z1, z2, T.DualTemperature(tau, dt_m))
+    assert_same_loss_and_gradients(ours, theirs, (z1, z2))
+
+
+def test_dual_temperature_with_equal_temperatures_is_nt_xent():
+    """dt_m = 1: the weight is 1 and the loss NT-Xent's at tau."""
+    z1, z2 = views()
+    assert_same_loss_and_gradients(
+        ntxent(z1, z2, T.DualTemperature(0.3, 1.0)), ntxent(z1, z2, 0.3), (z1, z2)
+    )
