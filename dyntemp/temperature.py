@@ -319,7 +319,9 @@ class TemperatureFree(ProfileRule):
 class CosineSchedule(TemperatureRule):
     """Kukleva et al.'s schedule over training time, one temperature for every pair.
 
-    tau(t) = tau_min + (tau_max - tau_min)/2 * (1 + cos(2 pi t / period)), t in epochs.
+    tau(t) = tau_min + (tau_max - tau_min)/2 * (1 + cos(2 pi t / period)), t in epochs: lightly's
+    ``cosine_schedule(step, ..., tau_max, tau_min, period)`` with the period in steps
+    (tests/test_references.py).
     """
 
     per_pair = False
@@ -361,7 +363,7 @@ class MACL(TemperatureRule):
     ``tau_init * (1 + beta * A)`` (``MACLb``; here a0 = 0) and the loss as
     ``-W.detach() * log(P).diag()`` with ``W = 1 / sum of P over the negatives`` =
     1 / (1 - P_ip), averaged without normalising W; lightly's ``MACLLoss`` does the same with
-    A0. Neither clamps the temperature: a setting with 1 + alpha (A - a0) <= 0 for some A in
+    A0 (and adds 1e-8 to 1 - P_ip; tests/test_references.py checks the rule against it). Neither clamps the temperature: a setting with 1 + alpha (A - a0) <= 0 for some A in
     [-1, 1] (the SimCSE setting tau0 = 0.05, alpha = 2, a0 = 0.8 at A < 0.3) would there give a
     negative temperature, which reverses the softmax. Every finite alpha and a0 is accepted
     here; at that edge the temperature is held at ``tau_floor`` (default 0.01, the lowest

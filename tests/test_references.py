@@ -116,3 +116,42 @@ def test_dual_temperature_with_equal_temperatures_is_nt_xent():
     assert_same_loss_and_gradients(
         ntxent(z1, z2, T.DualTemperature(0.3, 1.0)), ntxent(z1, z2, 0.3), (z1, z2)
     )
+
+
+# ----------------------------------------------------------------------------- lightly
+
+
+@pytest.mark.parametrize(
+    ("tau", "alpha", "a0"), [(0.1, 0.5, 0.0), (0.2, 1.0, 0.5), (0.5, 0.0, 1.0), (0.07, 0.3, 0.2)]
+)
+def test_macl_is_lightlys_macl_loss(tau, alpha, a0, path):
+    """lightly's MACLLoss (lightly/loss/macl_loss.py, from its PR #1799): the same temperature
+    tau0 (1 + alpha (A - A0)) and the same detached 1 / (1 - P_ip), but lightly adds eps = 1e-8
+    to 1 - P_ip. With its eps set to 0 the two agree to float64's rounding; with lightly's eps,
+    to within eps / (1 - P_ip)."""
+    from lightly.loss import MACLLoss
+
+    z1, z2 = views(n=8, d=6, seed=2)
+    rule = T.MACL(tau, alpha, a0)
+    exact = MACLLoss(temperature=tau, alpha=alpha, A_0=a0)
+    exact.eps = 0.0
+    assert_same_loss_and_gradients(ntxent(z1, z2, rule), exact(z1, z2), (z1, z2))
+    with_eps = MACLLoss(temperature=tau, alpha=alpha, A_0=a0)(z1, z2)
+    torch.testing.assert_close(ntxent(z1, z2, rule), with_eps, rtol=1e-6, atol=0)
+
+
+def test_the_schedule_is_lightlys_cosine_schedule_with_a_period():
+    """Kukleva et al.'s schedule is lightly's cosine_schedule with a period, from tau_max to
+    tau_min and back: at the trainer's steps (progress = step / steps per epoch) they agree."""
+    from lightly.utils.scheduler import cosine_schedule
+
+    steps_per_epoch = 390
+    for tau_min, tau_max, period in [(0.1, 1.0, 400), (0.05, 0.5, 30)]:
+        rule = T.CosineSchedule(tau_min, tau_max, period=period)
+        for step in [0, 1, 389, 390, 7_800, 77_999, 78_000, 155_999, 156_000, 200_001]:
+            progress = step / steps_per_epoch  # as dyntemp.train computes it
+            ours = rule.tau(torch.zeros((), dtype=torch.float64), progress).item()
+            theirs = cosine_schedule(
+                step, 200_001, tau_max, tau_min, period=period * steps_per_epoch
+            )
+            assert ours == pytest.approx(theirs, rel=1e-13, abs=1e-15), (step, ours, theirs)
