@@ -126,7 +126,7 @@ LABELS: dict[str, str] = {
     "moco-dystress-0.1-0.2": "MoCo, DySTreSS (0.1, 0.2)",
     "schedule": "Kukleva schedule (0.1, 1.0)",
     "dystress-in-graph": "DySTreSS (0.1, 0.2), τ in the graph",
-    "shifted": "shifted DySTreSS (Δs = -0.4, k = 0.7)",
+    "shifted": "shifted DySTreSS (Δs = -0.4, w = 0.7)",
     "linear": "linear (0.1, 0.2)",
     "exponential": "exponential (0.1, 0.2, c = 3.5)",
     "dystress-0.07-0.1": "DySTreSS (0.07, 0.1)",
