@@ -602,7 +602,9 @@ class ViewBatches:
     The shuffle and every sample's augmentation depend only on (seed, epoch) and the
     sample's position in the epoch, never on ``world_size``: rank r of ``world_size`` gets
     the r-th contiguous ``batch_size // world_size`` slice of each global batch, so two ranks
-    see together exactly what one process sees. ``len(...)`` is the number of steps.
+    see together exactly what one process sees. ``len(...)`` is the number of steps. With
+    ``with_indices`` each step also gives this rank's images' indices into ``images`` (for a
+    rule with a temperature per image, iSogCLR), the views' rows in order.
     """
 
     def __init__(
@@ -615,6 +617,7 @@ class ViewBatches:
         epoch: int,
         rank: int = 0,
         world_size: int = 1,
+        with_indices: bool = False,
     ) -> None:
         if seed < 0 or epoch < 0:
             raise ValueError(f"seed and epoch must be >= 0, got {seed}, {epoch}")
@@ -630,11 +633,12 @@ class ViewBatches:
         self.seed, self.epoch = int(seed), int(epoch)
         self.rank, self.world_size = rank, world_size
         self.shard = batch_size // world_size
+        self.with_indices = with_indices
 
     def __len__(self) -> int:
         return len(self.images) // self.batch_size
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         device = self.images.device
         order = torch.randperm(len(self.images), generator=_generator(self.seed, self.epoch, 0))
         order = order.to(device, non_blocking=True)
@@ -650,7 +654,10 @@ class ViewBatches:
             index = order[step * size + begin :][:shard]
             batch = self.images[index]
             views = self.augment.apply(torch.cat([batch, batch]), params[mine].to(device))
-            yield views[:shard], views[shard:]
+            if self.with_indices:
+                yield views[:shard], views[shard:], index
+            else:
+                yield views[:shard], views[shard:]
 
 
 def _generator(*key: int) -> torch.Generator:

@@ -117,6 +117,10 @@ class TrainConfig:
     reweight: bool | None = _option("reweight")
     tau_floor: float | None = _option("tau_floor")
     dt_m: float | None = _option("dt_m")
+    rho: float | None = _option("rho")
+    eta: float | None = _option("eta")
+    beta: float | None = _option("beta")
+    gamma: float | None = _option("gamma")
     formula: str | None = _option("formula")
     detach_temperature: bool = _doc("stop gradients through the temperature", default=True)
     decoupled: bool = _doc(
@@ -184,9 +188,20 @@ class TrainConfig:
         if self.image_size is not None:
             data.check_image_size(self.image_size, name=flag("image_size"))
         self._check_queue(world_size=1)
-        self.temperature_rule().check_decoupled(
+        rule = self.temperature_rule()
+        rule.check_decoupled(
             self.decoupled, reweight_off="--no-reweight", decoupled_off="--no-decoupled"
         )
+        if rule.needs_indices and self.method != "simclr":
+            raise ValueError(
+                f"--temperature {self.temperature} has a loss of its own, for --method simclr "
+                f"only (got --method {self.method})"
+            )
+        if rule.needs_indices and not self.detach_temperature:
+            raise ValueError(
+                f"--temperature {self.temperature} learns each image's temperature by its own "
+                "step, never through the loss's graph: --no-detach-temperature does not apply"
+            )
 
     def check_sizes(self, images: int, world_size: int = 1) -> None:
         """Raise ValueError for a batch, a kNN or a queue too large for ``images`` training

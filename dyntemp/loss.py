@@ -36,6 +36,11 @@ __all__ = ["NTXent", "mean_positive_similarity", "ntxent", "pairwise_ntxent", "r
 
 def _as_rule(temperature: TemperatureRule | float) -> TemperatureRule:
     if isinstance(temperature, TemperatureRule):
+        if temperature.needs_indices:
+            raise ValueError(
+                f"{temperature!r} gives every image its own temperature, in a loss of its own: "
+                "dyntemp.isogclr.isogclr_loss(z1, z2, indices, rule), not NT-Xent"
+            )
         return temperature
     if isinstance(temperature, int | float) and not isinstance(temperature, bool):
         return Fixed(float(temperature))

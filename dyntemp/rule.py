@@ -24,6 +24,9 @@ class TemperatureRule:
     needs_progress: bool = False
     #: True when the rule reads the batch's mean positive similarity.
     needs_positive_mean: bool = False
+    #: True when every training image has a temperature of its own, kept by the rule
+    #: (iSogCLR): its loss needs the images' indices, and NT-Xent refuses the rule.
+    needs_indices: bool = False
     #: True when each anchor's loss is weighted by the detached 1 / (1 - P_ip) (MACL).
     reweight: bool = False
     #: With ``reweight``: the weight is (1 - P'_ip) / (1 - P_ip) instead, P' the softmax of the

@@ -38,7 +38,9 @@ Two rules go beyond a temperature. ``MACL`` (with ``reweight``) also weights eac
 by the detached 1 / (1 - P_ip), and says so by its attribute ``reweight``, which the loss
 reads. ``Learned`` holds a parameter, log tau, trained with the network: ``rule.parameters()``
 lists it, the loss returns its gradient through ``rule.parameter_gradients``, and
-``rule.state_dict()`` / ``load_state_dict`` carry it through checkpoints.
+``rule.state_dict()`` / ``load_state_dict`` carry it through checkpoints. ``ISogCLR``
+(``dyntemp.isogclr``) holds a temperature for every training image, learned by its own step in
+its own loss (``isogclr_loss``, with the images' indices), and carried the same way.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from torch import Tensor, nn
 
 from dyntemp import checks
 from dyntemp.formula import SIMILARITY, Formula
+from dyntemp.isogclr import ISogCLR
 from dyntemp.rule import TemperatureRule
 
 __all__ = [
@@ -68,6 +71,7 @@ __all__ = [
     "Exponential",
     "Fixed",
     "Formula",
+    "ISogCLR",
     "Learned",
     "Linear",
     "MACL",
@@ -363,7 +367,8 @@ class MACL(TemperatureRule):
     ``tau_init * (1 + beta * A)`` (``MACLb``; here a0 = 0) and the loss as
     ``-W.detach() * log(P).diag()`` with ``W = 1 / sum of P over the negatives`` =
     1 / (1 - P_ip), averaged without normalising W; lightly's ``MACLLoss`` does the same with
-    A0 (and adds 1e-8 to 1 - P_ip; tests/test_references.py checks the rule against it). Neither clamps the temperature: a setting with 1 + alpha (A - a0) <= 0 for some A in
+    A0 (and adds 1e-8 to 1 - P_ip; tests/test_references.py checks the rule against it).
+    Neither clamps the temperature: a setting with 1 + alpha (A - a0) <= 0 for some A in
     [-1, 1] (the SimCSE setting tau0 = 0.05, alpha = 2, a0 = 0.8 at A < 0.3) would there give a
     negative temperature, which reverses the softmax. Every finite alpha and a0 is accepted
     here; at that edge the temperature is held at ``tau_floor`` (default 0.01, the lowest
@@ -561,6 +566,7 @@ _RULES: dict[str, type[TemperatureRule]] = {
     "macl": MACL,
     "dual": DualTemperature,
     "learned": Learned,
+    "isogclr": ISogCLR,
     "formula": Formula,
 }
 

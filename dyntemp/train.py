@@ -19,7 +19,7 @@ import contextlib
 import json
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,9 @@ from torch.profiler import record_function
 
 from dyntemp import distributed, models, optim, provenance, runs, temperature
 from dyntemp.augment import SimCLRAugment, ViewBatches
-from dyntemp.config import PRESETS, TrainConfig, preset
+from dyntemp.config import PRESETS, TEMPERATURE_OPTIONS, TrainConfig, preset
 from dyntemp.cpu_share import ThreadGuard
+from dyntemp.isogclr import isogclr_loss
 from dyntemp.loss import ntxent
 from dyntemp.moco import MoCo, symmetric_moco_loss
 from dyntemp.parts import Splits, build_augment, build_model, knn_scores, load_splits
@@ -120,7 +121,7 @@ class Run:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            if self.rule.parameters():
+            if self.rule.parameters() or self.rule.needs_indices:  # learned, or per image
                 self.rule.load_state_dict(state["temperature"])
             if self.moco is not None:
                 self.moco.load_state_dict(state["moco"])
@@ -159,6 +160,8 @@ def start_run(
     if context.distributed:  # before the optimizer: the conversion makes new parameters
         model = distributed.sync_batchnorm(model, device)
     rule = config.temperature_rule().to(device)
+    if rule.needs_indices:  # iSogCLR: a temperature (and its state) for every training image
+        rule.bind(len(images), device)  # type: ignore[attr-defined]
     groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     if rule.parameters():  # a learned temperature: trained, never decayed
         groups.append({"params": rule.parameters(), "weight_decay": 0.0})
@@ -204,8 +207,15 @@ def start_run(
     )
 
 
-def train_step(run: Run, view1: torch.Tensor, view2: torch.Tensor, step: int) -> torch.Tensor:
+def train_step(
+    run: Run,
+    view1: torch.Tensor,
+    view2: torch.Tensor,
+    step: int,
+    indices: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One SGD step on a batch of view pairs; returns the loss (detached, on the device).
+    ``indices``: the batch's images' indices, for a rule with a temperature per image.
 
     Its phases are labelled for torch's profiler (``PHASES``; ``bench train --profile``).
     """
@@ -229,7 +239,12 @@ def train_step(run: Run, view1: torch.Tensor, view2: torch.Tensor, step: int) ->
     with record_function(PHASES["loss"]):
         if run.moco is None:
             z1, z2 = projections.float().chunk(2)  # the loss runs in float32
-            loss = ntxent(z1, z2, run.rule, gather=run.context.distributed, **options)
+            if run.rule.needs_indices:  # iSogCLR: its own loss, and its step on the images
+                if indices is None:
+                    raise ValueError(f"{run.rule!r} needs the batch's images' indices")
+                loss = isogclr_loss(z1, z2, indices, run.rule, gather=run.context.distributed)
+            else:
+                loss = ntxent(z1, z2, run.rule, gather=run.context.distributed, **options)
         else:  # MoCo: the keys of the momentum encoder, updated first (as MoCo's code)
             with torch.no_grad():
                 run.moco.update(run.model)
@@ -280,12 +295,13 @@ def train_epoch(run: Run, bar: Any = None) -> dict[str, Any]:
         epoch=epoch,
         rank=context.rank,
         world_size=context.world_size,
+        with_indices=run.rule.needs_indices,
     )
     window_start, window = time.perf_counter(), 0
     fewest_threads = torch.get_num_threads()
-    for index, (view1, view2) in enumerate(batches):
+    for index, (view1, view2, *indices) in enumerate(batches):
         step = epoch * run.steps_per_epoch + index
-        loss = train_step(run, view1, view2, step)
+        loss = train_step(run, view1, view2, step, *indices)
         loss_sum += loss
         first_bad = torch.where(torch.isfinite(loss) | (first_bad < step), first_bad, step)
         window += 1
@@ -317,6 +333,8 @@ def train_epoch(run: Run, bar: Any = None) -> dict[str, Any]:
         metrics["threads"] = fewest_threads
     if run.rule.parameters():  # a learned temperature: its value at the epoch's end
         metrics["tau"] = run.rule.value().item()  # type: ignore[attr-defined]
+    if run.rule.needs_indices:  # the images' temperatures at the epoch's end
+        metrics.update(run.rule.summary())  # type: ignore[attr-defined]
     return metrics
 
 
@@ -444,6 +462,10 @@ def probe_step(
     random state as it was, so the run that follows starts exactly as without the probe)."""
     from dyntemp import timing
 
+    rule = config.temperature_rule()
+    if rule.needs_indices:  # the probe's steps know no images: NT-Xent at the starting tau
+        unset = dict.fromkeys(TEMPERATURE_OPTIONS)
+        config = replace(config, temperature="fixed", **{**unset, "tau": rule.tau_init})  # type: ignore[attr-defined]
     precision = Precision(dtype, channels_last, "probe")
     seconds = timing.step_seconds(
         config, device=context.device, steps=2 * steps, precision=precision

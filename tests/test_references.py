@@ -155,3 +155,56 @@ def test_the_schedule_is_lightlys_cosine_schedule_with_a_period():
                 step, 200_001, tau_max, tau_min, period=period * steps_per_epoch
             )
             assert ours == pytest.approx(theirs, rel=1e-13, abs=1e-15), (step, ours, theirs)
+
+
+# ----------------------------------------------------------------------------- LibAUC
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rtol"), [(torch.float64, 1e-11), (torch.float32, 2e-5)], ids=["float64", "float32"]
+)
+def test_isogclr_is_libaucs_gcloss_v1_step_by_step(dtype, rtol):
+    """LibAUC 2.0.0's GCLoss_v1(enable_isogclr=True) and isogclr_loss on the same batches,
+    indices and state, step after step: the same losses, gradients, u, momenta and
+    temperatures (to float64's rounding; float32 sums in another order). The batches draw
+    their images at random, so some meet images seen before and some not; the first ones
+    meet none (gamma = 1)."""
+    from libauc.losses import GCLoss_v1
+
+    from dyntemp.isogclr import ISogCLR, isogclr_loss
+
+    images, size, steps = 24, 6, 12
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # LibAUC makes its state with torch's default dtype
+    try:
+        theirs = GCLoss_v1(N=images, tau=0.1, device=torch.device("cpu"), enable_isogclr=True)
+    finally:
+        torch.set_default_dtype(default)
+    assert (theirs.tau_min, theirs.tau_max, theirs.rho, theirs.eta, theirs.beta) == (
+        0.05, 0.7, 0.3, 0.01, 0.9,
+    )  # fmt: skip
+    ours = ISogCLR().bind(images, dtype=dtype)
+    assert ours.params()["gamma"] == theirs.gamma_min
+    g = torch.Generator().manual_seed(3)
+    first = torch.randperm(images, generator=g)
+    for step in range(steps):
+        if step < images // size:  # an epoch's batches first: every image unseen
+            index = first[step * size : (step + 1) * size]
+        else:
+            index = torch.randperm(images, generator=g)[:size]
+        z1 = torch.randn(size, 8, generator=g, dtype=dtype)
+        z2 = z1 + 0.8 * torch.randn(size, 8, generator=g, dtype=dtype)
+        ours_z = (z1.clone().requires_grad_(), z2.clone().requires_grad_())
+        theirs_z = (z1.clone().requires_grad_(), z2.clone().requires_grad_())
+        loss = isogclr_loss(*ours_z, index, ours)
+        expected = theirs(*theirs_z, index)
+        torch.testing.assert_close(loss, expected, rtol=rtol, atol=rtol * 1e-3)
+        grads = torch.autograd.grad(loss, ours_z)
+        for a, b in zip(grads, torch.autograd.grad(expected, theirs_z), strict=True):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * 1e-2)
+        for name, state in [("u", theirs.u), ("tau_gradient", theirs.grad_tau),
+                            ("tau", theirs.learnable_tau)]:  # fmt: skip
+            torch.testing.assert_close(
+                ours.state(name), state.squeeze(1), rtol=rtol, atol=rtol * 1e-2, msg=name
+            )
+    assert (ours.state("tau") != 0.1).sum() > images // 2  # the temperatures moved

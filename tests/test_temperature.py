@@ -209,7 +209,8 @@ def test_option_help_names_the_rules_and_their_defaults() -> None:
     assert T.option_help("tau_max") == (
         "dystress, shifted, linear, exponential: the highest temperature (default: 0.2); "
         "dystress-neurips: the highest temperature: the positives' at s = +-1, the negatives' "
-        "at s = 0 (default: 0.2); schedule: the highest temperature (default: 1)"
+        "at s = 0 (default: 0.2); schedule: the highest temperature (default: 1); "
+        "isogclr: the highest individual temperature (default: 0.7, LibAUC's)"
     )
     assert T.option_help("reweight").endswith("(default: on)")
     assert "default" not in T.option_help("formula")  # the command line needs --formula
