@@ -105,6 +105,15 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "formula-quadratic": {"temperature": "formula", "formula": "0.1 + 0.1*s**2"},
     # The same run in float32: does the bf16 arithmetic of the CPU study change anything?
     "fixed-0.2-fp32": {**MAIN["fixed-0.2"], "amp": "off", "channels_last": "off"},
+    # The rest of the field's temperatures (issue 21), each as its authors' code runs it:
+    # DySTreSS as the NeurIPS-2023 submission's code ran it (the negatives' cosine upside down);
+    "dystress-neurips-0.1-0.2": {"temperature": "dystress-neurips", "tau_min": 0.1, "tau_max": 0.2},
+    # Kim and Kim's temperature-free InfoNCE, the logits 2 atanh(s), the gradient through them;
+    "temperature-free": {"temperature": "temperature-free", "detach_temperature": False},
+    # Zhang et al.'s dual temperature, their tau = 0.1 and dt_m = 10 (tau_inter = 1);
+    "dual-0.1-10": {"temperature": "dual", "tau": 0.1, "dt_m": 10.0},
+    # iSogCLR's individual temperatures with LibAUC's defaults (from 0.1, in [0.05, 0.7]).
+    "isogclr": {"temperature": "isogclr"},
 }
 
 CONFIGS: dict[str, dict[str, Any]] = {**MAIN, **ABLATIONS}
@@ -132,6 +141,10 @@ LABELS: dict[str, str] = {
     "dystress-0.07-0.1": "DySTreSS (0.07, 0.1)",
     "formula-quadratic": "formula τ = 0.1 + 0.1 s²",
     "fixed-0.2-fp32": "fixed τ = 0.2, float32",
+    "dystress-neurips-0.1-0.2": "DySTreSS (0.1, 0.2), NeurIPS-2023 code",
+    "temperature-free": "temperature-free InfoNCE (logit 2 atanh s)",
+    "dual-0.1-10": "dual temperature (τ = 0.1, τ_inter = 1)",
+    "isogclr": "iSogCLR (τ_i from 0.1, in [0.05, 0.7])",
 }
 
 # Numbers reported by the paper (weighted 200-NN top-1 %, ResNet-18, 200 epochs), quoted
