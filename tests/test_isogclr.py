@@ -209,3 +209,15 @@ def test_a_checkpoint_without_the_images_state_does_not_fit(tmp_path):
     state["temperature"] = {}
     with pytest.raises(runs.RunFolderError, match="does not fit this run"):
         train.start_run(config, context, images).restore(state, "fingerprint", tmp_path)
+
+
+def test_a_step_reads_no_value_on_the_host():
+    """On a GPU the loss and its step on the state never wait for the device."""
+    from host_reads import host_reads
+
+    rule = ISogCLR().bind(12)
+    for seed in range(2):  # a first visit, then one with u stored
+        z1, z2 = batch(n=5, seed=seed, dtype=torch.float32)
+        with host_reads() as reads:
+            isogclr_loss(z1, z2, torch.tensor([2, 9, 4, 11, 0]), rule).backward()
+        assert reads == []
