@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install data test test-unit test-notebooks test-experiments study chapters book lint bench gpu-check clean
 
-$(STAMP): requirements.txt requirements-book.txt pyproject.toml
+$(STAMP): requirements.txt requirements-book.txt requirements-references.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-references.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
