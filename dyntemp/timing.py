@@ -49,13 +49,23 @@ def trainer_steps(
     run = start_run(config, Context(0, 1, 0, torch.device(device)), images, precision)
     step, epoch = 0, 0
     while True:
-        batches = iter(ViewBatches(run.images, config.batch_size, run.augment, seed=0, epoch=epoch))
+        batches = iter(
+            ViewBatches(
+                run.images,
+                config.batch_size,
+                run.augment,
+                seed=0,
+                epoch=epoch,
+                with_indices=run.rule.needs_indices,  # iSogCLR: the images' own temperatures
+            )
+        )
         while True:
             with torch.profiler.record_function(PHASES["views"]):
-                pair = next(batches, None)
-            if pair is None:
+                batch = next(batches, None)
+            if batch is None:
                 break
-            yield train_step(run, *pair, step % run.total_steps)
+            view1, view2, *indices = batch
+            yield train_step(run, view1, view2, step % run.total_steps, *indices)
             step += 1
         epoch += 1
 

@@ -49,3 +49,13 @@ def test_too_few_images_for_a_batch_are_refused():
     config = TrainConfig(**TINY)
     with pytest.raises(ValueError, match="8 images do not make a batch of 16"):
         next(timing.trainer_steps(config, images(8), "cpu"))
+
+
+def test_the_timer_steps_a_rule_with_a_temperature_per_image():
+    config = TrainConfig(out="unused", model="small", batch_size=8, projector_hidden_dim=16,
+                         projector_dim=8, temperature="isogclr", amp="off",
+                         channels_last="off")  # fmt: skip
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    steps = timing.trainer_steps(config, images, "cpu")
+    losses = [next(steps) for _ in range(3)]  # over an epoch's end: the indices follow
+    assert all(torch.isfinite(loss) for loss in losses)
