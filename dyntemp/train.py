@@ -29,7 +29,7 @@ from torch.profiler import record_function
 
 from dyntemp import distributed, models, optim, provenance, runs, temperature
 from dyntemp.augment import SimCLRAugment, ViewBatches
-from dyntemp.config import PRESETS, TEMPERATURE_OPTIONS, TrainConfig, preset
+from dyntemp.config import TEMPERATURE_OPTIONS, TrainConfig
 from dyntemp.cpu_share import ThreadGuard
 from dyntemp.isogclr import isogclr_loss
 from dyntemp.loss import ntxent
@@ -37,7 +37,7 @@ from dyntemp.moco import MoCo, symmetric_moco_loss
 from dyntemp.parts import Splits, build_augment, build_model, knn_scores, load_splits
 from dyntemp.precision import Precision, amp_dtype, by_rule, choose
 
-__all__ = ["PRESETS", "NonFiniteLossError", "Run", "TrainConfig", "preset", "train"]
+__all__ = ["NonFiniteLossError", "Run", "start_run", "train", "train_epoch", "train_step"]
 
 LOG_EVERY = 25  # steps between progress-bar updates and non-finite checks
 #: The labels of a step's phases in torch's profiler (the views are made by the batches).

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from dyntemp import train
+from dyntemp.config import TrainConfig
 
 #: The fields of metrics.jsonl that measure time, and so differ between identical runs.
 TIMING = ("images_per_s", "seconds", "threads")
 
 
-def tiny(root: Path, out: Path | str, **changes: Any) -> train.TrainConfig:
+def tiny(root: Path, out: Path | str, **changes: Any) -> TrainConfig:
     """Two epochs of the small network on the generated CIFAR-10 of ``fake_root`` (5 steps
     of 40 images each), float32 everywhere (bf16 has tests of its own), ``changes`` on top."""
     settings: dict[str, Any] = dict(
@@ -35,7 +36,7 @@ def tiny(root: Path, out: Path | str, **changes: Any) -> train.TrainConfig:
         projector_dim=32,
         amp="off",
     )
-    return train.TrainConfig(**{**settings, **changes})
+    return TrainConfig(**{**settings, **changes})
 
 
 def train_in_processes(
@@ -61,7 +62,7 @@ class Interrupted(Exception):
 
 
 def interrupted_then_resumed(
-    config: train.TrainConfig, monkeypatch: pytest.MonkeyPatch
+    config: TrainConfig, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, Any]:
     """Train ``config`` for one epoch and stop as a kill would after that epoch's checkpoint,
     check the checkpoint holds epoch 1, then rerun it (it resumes); the rerun's results."""

@@ -10,7 +10,8 @@ import torch
 from fake_cifar import write_fake_cifar10
 from helpers import train_in_processes
 
-from dyntemp import parts, train
+from dyntemp import parts
+from dyntemp.config import TrainConfig
 
 OPTIONS = (
     "--model small --epochs 1 --knn-k 5 --projector-hidden-dim 64 --projector-dim 32 "
@@ -39,7 +40,7 @@ def test_two_processes_with_batch_b_equal_one_with_batch_2b(one_step_data, tmp_p
     a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "double" / "checkpoint.pt", weights_only=True)["model"]
     torch.manual_seed(0)  # the initial weights, as the trainer makes them
-    config = train.TrainConfig(model="small", projector_hidden_dim=64, projector_dim=32)
+    config = TrainConfig(model="small", projector_hidden_dim=64, projector_dim=32)
     initial = parts.build_model(config).state_dict()
     assert a.keys() == b.keys() == initial.keys()
     for key in a:

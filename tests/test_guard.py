@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from dyntemp import runs, train
+from dyntemp.config import TrainConfig
 
 # What the trainer computed for ``tiny_config`` when the guard was written (torch 2.14.1,
 # one thread, a 2-core AMD EPYC with AVX512).
@@ -40,8 +41,8 @@ STEPS = 20
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def tiny_config(root: Path, out: Path) -> train.TrainConfig:
-    return train.TrainConfig(
+def tiny_config(root: Path, out: Path) -> TrainConfig:
+    return TrainConfig(
         out=str(out),
         data_root=str(root),
         subset=400,

@@ -20,6 +20,7 @@ from host_reads import host_reads
 from dyntemp import loss as loss_module
 from dyntemp import moco, train
 from dyntemp import temperature as T
+from dyntemp.config import TrainConfig
 
 RULES = [
     T.Fixed(0.2),
@@ -303,7 +304,7 @@ def test_two_processes_read_the_mean_positive_of_both(two_processes):
 # ----------------------------------------------------------------------------- training
 
 
-def tiny(root: Path, out: Path, **changes) -> train.TrainConfig:
+def tiny(root: Path, out: Path, **changes) -> TrainConfig:
     """``helpers.tiny`` trained with MoCo."""
     settings = dict(
         method="moco",
@@ -364,7 +365,7 @@ def test_the_command_line_takes_every_new_option():
     )
     assert (args.method, args.moco_momentum, args.queue_size) == ("moco", 0.999, 8192)
     assert args.reweight is False and args.tau_floor == 0.005
-    config = train.TrainConfig(
+    config = TrainConfig(
         **{k: getattr(args, k) for k in ("method", "temperature", "tau", "alpha", "a0")},
         reweight=args.reweight,
         tau_floor=args.tau_floor,

@@ -14,6 +14,7 @@ from helpers import interrupted_then_resumed, tiny, untimed_metrics
 from dyntemp import temperature as T
 from dyntemp import train
 from dyntemp.__main__ import main
+from dyntemp.config import TrainConfig
 
 TINY = (
     "--model small --epochs 1 --batch-size 40 --knn-k 20 --projector-hidden-dim 64 "
@@ -81,7 +82,7 @@ def test_the_timing_probe_of_amp_auto_runs_isogclr(tmp_path):
     step is timed as NT-Xent at its starting temperature (the same network, the same cost)."""
     from dyntemp.distributed import Context
 
-    config = train.TrainConfig(
+    config = TrainConfig(
         out=str(tmp_path / "run"), model="small", temperature="isogclr", rho=0.5,
         projector_hidden_dim=16, projector_dim=8, batch_size=8,
     )  # fmt: skip

@@ -10,6 +10,7 @@ import torch
 from fake_cifar import write_fake_cifar10
 
 from dyntemp import precision, provenance, runs, train
+from dyntemp.config import TrainConfig
 from dyntemp.precision import Precision
 
 CPU = torch.device("cpu")
@@ -95,7 +96,7 @@ def test_a_run_records_its_measured_choice_and_keeps_it_on_resume(monkeypatch, t
     monkeypatch.setattr(provenance, "native_bf16_cpu", lambda: False)
     speeds = {(None, False): 100.0, (None, True): 200.0}
     monkeypatch.setattr(train, "probe_step", lambda config, context, d, c: speeds[d, c])
-    config = train.TrainConfig(
+    config = TrainConfig(
         out=str(tmp_path / "run"), data_root=str(root), model="small", epochs=2,
         batch_size=40, knn_k=20, projector_hidden_dim=64, projector_dim=32, progress=False,
         amp="auto", channels_last="auto",
@@ -127,7 +128,7 @@ def test_a_run_records_its_measured_choice_and_keeps_it_on_resume(monkeypatch, t
 def test_the_probe_times_the_real_step_and_leaves_the_rng_alone(tmp_path):
     from dyntemp.distributed import Context
 
-    config = train.TrainConfig(out=str(tmp_path / "x"), model="small", batch_size=16,
+    config = TrainConfig(out=str(tmp_path / "x"), model="small", batch_size=16,
                                projector_hidden_dim=32, projector_dim=16)  # fmt: skip
     before = torch.get_rng_state()
     rate = train.probe_step(config, Context(0, 1, 0, CPU), None, False, steps=1)

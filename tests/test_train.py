@@ -17,12 +17,13 @@ import torch
 from helpers import interrupted_then_resumed, tiny, untimed_metrics
 
 from dyntemp import config, data, optim, parts, runs, temperature, train
+from dyntemp.config import TrainConfig, preset
 
 # ----------------------------------------------------------------------------- configuration
 
 
 def test_defaults_are_the_papers_cifar_setup():
-    config = train.TrainConfig()
+    config = TrainConfig()
     assert (config.dataset, config.model, config.stem) == ("cifar10", "resnet18", "cifar")
     assert (config.projector_hidden_dim, config.projector_dim) == (512, 128)
     assert (config.optimizer, config.lr, config.weight_decay, config.momentum) == (
@@ -37,13 +38,13 @@ def test_defaults_are_the_papers_cifar_setup():
 
 
 def test_every_field_is_documented():
-    for field in dataclasses.fields(train.TrainConfig):
+    for field in dataclasses.fields(TrainConfig):
         assert field.metadata.get("help"), field.name
 
 
 def test_temperature_options_map_to_each_rule():
     def rule(name, **options):
-        return train.TrainConfig(temperature=name, **options).temperature_rule()
+        return TrainConfig(temperature=name, **options).temperature_rule()
 
     assert rule("fixed", tau=0.5) == temperature.Fixed(0.5)
     assert rule("dystress", tau_min=0.07) == temperature.DySTreSS(0.07, 0.2)
@@ -107,14 +108,14 @@ def test_temperature_options_map_to_each_rule():
     ],
 )
 def test_bad_settings_are_refused(changes, message, tmp_path):
-    config = dataclasses.replace(train.TrainConfig(out=str(tmp_path)), **changes)
+    config = dataclasses.replace(TrainConfig(out=str(tmp_path)), **changes)
     with pytest.raises(ValueError, match=message):
         config.check()
 
 
 def test_the_config_has_a_field_for_each_argument_of_the_rules():
     """A rule's new keyword argument needs a TrainConfig field of its name, and nothing else."""
-    fields = {f.name: f for f in dataclasses.fields(train.TrainConfig)}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     arguments: dict[str, set[type]] = {}  # each argument with the types of its defaults
     for name in temperature.NAMES:
         rule = type(temperature.from_name(name))
@@ -131,7 +132,7 @@ def test_the_config_has_a_field_for_each_argument_of_the_rules():
         f"fields marked as rule options but no rule's argument: {marked - wanted}"
     )
     assert set(config.TEMPERATURE_OPTIONS) == wanted
-    hints = {name: str(hint) for name, hint in train.TrainConfig.__annotations__.items()}
+    hints = {name: str(hint) for name, hint in TrainConfig.__annotations__.items()}
     for name in sorted(wanted):
         (kind,) = arguments[name]  # one type for every rule that takes it
         assert fields[name].default is None, name  # None: the rule's own default
@@ -139,7 +140,7 @@ def test_the_config_has_a_field_for_each_argument_of_the_rules():
 
 
 def test_a_temperature_options_help_says_which_rules_take_it():
-    fields = {f.name: f.metadata["help"] for f in dataclasses.fields(train.TrainConfig)}
+    fields = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
     assert fields["tau_min"].startswith(
         "dystress, shifted, linear, exponential, schedule: the lowest temperature (default: 0.1)"
     )
@@ -149,7 +150,7 @@ def test_a_temperature_options_help_says_which_rules_take_it():
 
 
 def test_sizes_are_checked_against_the_images_and_the_processes(tmp_path):
-    moco = train.TrainConfig(out=str(tmp_path), method="moco", batch_size=64, queue_size=256)
+    moco = TrainConfig(out=str(tmp_path), method="moco", batch_size=64, queue_size=256)
     moco.check()
     moco.check_sizes(images=1000, world_size=2)
     with pytest.raises(ValueError, match=r"^--queue-size 256 must hold at least one step's keys "):
@@ -163,12 +164,12 @@ def test_sizes_are_checked_against_the_images_and_the_processes(tmp_path):
 
 
 def test_presets():
-    assert train.preset("paper-cifar10") == train.TrainConfig()
-    assert train.preset("paper-cifar100").dataset == "cifar100"
-    assert train.preset("cpu", epochs=3).model == "small"
-    assert train.preset("smoke", epochs=3).epochs == 3
+    assert preset("paper-cifar10") == TrainConfig()
+    assert preset("paper-cifar100").dataset == "cifar100"
+    assert preset("cpu", epochs=3).model == "small"
+    assert preset("smoke", epochs=3).epochs == 3
     with pytest.raises(ValueError, match="unknown preset"):
-        train.preset("huge")
+        preset("huge")
 
 
 def test_cosine_schedule_with_warmup():
