@@ -111,3 +111,19 @@ def test_power_matches_a_simulation_and_the_seed_count_is_the_first_that_reaches
     needed = stats.seeds_for_power(0.8, 1.0)
     assert stats.power(needed, 0.8, 1.0) >= 0.8 > stats.power(needed - 1, 0.8, 1.0)
     assert stats.seeds_for_power(5.0, 1.0, most=10) is None
+
+
+def test_the_paired_test_is_scipys_and_its_verdict_says_so():
+    from scipy import stats as scipy_stats
+
+    a, b = [0.1112, 0.1108, 0.1115], [0.1071, 0.1070, 0.1076]
+    gap = stats.paired_difference(a, b)
+    expected = scipy_stats.ttest_rel(a, b)
+    assert gap["t"] == pytest.approx(expected.statistic, rel=1e-12)
+    assert gap["p_value"] == pytest.approx(expected.pvalue, rel=1e-9)
+    low, high = stats.interval(gap)
+    interval = expected.confidence_interval(0.95)
+    assert (low, high) == pytest.approx((interval.low, interval.high), rel=1e-9)
+    assert "paired t, 3 seeds" in stats.verdict(gap)
+    with pytest.raises(ValueError, match="cannot pair"):
+        stats.paired_difference([1.0, 2.0], [1.0])
