@@ -2,29 +2,35 @@
 tuned on a validation split, trained to what the network learns, and run with enough seeds?
 
 The stored cpu study (``dyntemp.experiments``) shows what the rules do to the first 3,000
-steps. This experiment asks the book's question at a scale a 2-core CPU carries, in three
-stages, each stored under ``results/decisive/<stage>/<name>/seed<k>/``:
+steps. This experiment asks the book's question at a scale a 2-core CPU carries, in stages,
+each stored under ``results/decisive/<stage>/<name>/seed<k>/``:
 
 1. **pilot**: fixed tau = 0.2, seed 0, a constant learning rate for ``PILOT_EPOCHS``
    epochs, scored every 2 epochs by kNN on the validation split. Its curve chooses the
    training length: the shortest length L at which doubling it changes validation kNN by
-   less than ``CONVERGED_POINTS`` (``choose_length``), within the budget.
+   less than ``CONVERGED_POINTS``, on means over the last quarter of each length
+   (``choose_length``), within the budget (``budget_epochs``).
 2. **tuning**: every candidate of each arm (``ARMS``) at every learning rate of ``LR_GRID``,
    seed 0, L epochs with the cosine schedule; each arm's best by final validation kNN
    goes on (``best_of_arms``). Both arms get the same grid of learning rates.
-3. **primary**: each arm's best, with the seeds the plan file names, from one package
+3. **lengthcheck** and **spread**: the pilot's config for 2L epochs under the cosine
+   schedule (what doubling buys there), and for L epochs with two more seeds (the spread
+   that sizes the primary stage, with the stored study's pooled spread as its floor).
+4. **primary**: each arm's best, with the seeds the plan file names, from one package
    commit. The plan (``results/decisive/plan.json``, written by ``python -m
    dyntemp.decisive plan`` and committed before the first primary run) fixes the seeds,
-   the test, and the rule of the verdict.
+   the test, and the rule of the verdict (``primary_result``).
+5. **longtail**: CIFAR-10-LT the paper's way (``LONG_TAIL``, ``long_tail_family``).
 
-Every run holds out the same class-balanced 5,000 of the 50,000 training images
+Every balanced run holds out the same class-balanced 5,000 of the 50,000 training images
 (``--validation 5000``): the kNN during training scores them against the other 45,000,
 and the test set is scored once, at the end of a run, and chooses nothing. Every run uses
 bf16 with channels_last, whatever the machine would choose, so that all stages compute
 the same arithmetic.
 
-``python -m dyntemp.decisive pilot|tuning|plan|primary|status`` runs or reports a stage;
-finished runs are kept, so a stopped stage resumes where it stopped.
+``python -m dyntemp.decisive <stage>`` runs a stage (``plan`` writes the plan, ``status``
+reports the length rule); finished runs are kept, so a stopped stage resumes where it
+stopped.
 """
 
 from __future__ import annotations
