@@ -434,10 +434,14 @@ def _precision(
 ) -> Precision:
     """The arithmetic of the run: a resumed run's own (as its checkpoint recorded it, or as
     the rule gave it before checkpoints recorded it), else chosen now: on a CPU by timing
-    the trainer's step under each candidate (``dyntemp.precision.choose``)."""
+    the trainer's step under each candidate (``dyntemp.precision.choose``). Several
+    processes take the rule: each would time its own steps and might choose differently,
+    and every process must compute in the same arithmetic."""
     if checkpoint is not None:
         if "precision" in checkpoint:
             return Precision.from_dict(checkpoint["precision"], source="resumed")
+        return by_rule(config.amp, config.channels_last, context.device)
+    if context.distributed:
         return by_rule(config.amp, config.channels_last, context.device)
     key = {"model": config.model, "batch_size": config.batch_size, "method": config.method}
     key["image_size"] = config.image_size

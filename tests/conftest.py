@@ -11,6 +11,13 @@ import torch
 from fake_cifar import write_fake_cifar10
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache(tmp_path_factory) -> None:
+    """The tests' caches (the precision probe's answers, fetched results) in a folder of
+    their own, for every process they start too: never the user's."""
+    os.environ["DYNTEMP_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -312,6 +312,10 @@ def _command(root: Path, out: Path) -> list[str]:
         "32",
         "--momentum",
         "0.9",
+        "--amp",  # one arithmetic, asked for: no probe whose timing could choose another
+        "off",
+        "--channels-last",
+        "off",
         "--out",
         str(out),
     ]
