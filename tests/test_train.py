@@ -323,7 +323,10 @@ def _command(root: Path, out: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_identical_result(fake_root, tmp_path):
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # One thread: the thread guard (dyntemp.cpu_share) trains with fewer threads while other
+    # processes are busy, and another thread count sums in another order; with one thread
+    # the bits cannot depend on what else the machine is doing.
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(
         _command(fake_root, whole),
