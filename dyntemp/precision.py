@@ -191,12 +191,10 @@ def _cpuinfo(field_name: str) -> str | None:
 
 
 def cache_file() -> Path:
-    """``precision.json`` in the user's cache folder (``DYNTEMP_CACHE``, else
-    ``XDG_CACHE_HOME`` or ~/.cache, then ``dyntemp``)."""
-    if os.environ.get("DYNTEMP_CACHE"):
-        return Path(os.environ["DYNTEMP_CACHE"]).expanduser() / "precision.json"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dyntemp" / "precision.json"
+    """``precision.json`` in dyntemp's cache folder (``dyntemp.stored.cache_root``)."""
+    from dyntemp.stored import cache_root
+
+    return cache_root() / "precision.json"
 
 
 def _read_cache(path: Path) -> dict[str, Any]:

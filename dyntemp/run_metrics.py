@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from dyntemp import data, distributed, evaluate, runs
+from dyntemp import data, distributed, evaluate, runs, stored
 from dyntemp.config import TrainConfig
 from dyntemp.parts import build_augment, build_model, load_data
 
@@ -153,11 +153,7 @@ def evaluate_run(
         "test_images": len(test_set),
         "device": str(device),
     }
-    path = Path(run_dir) / runs.EVAL_FILE
-    try:
-        runs.atomic_write_json(path, metrics)
-    except OSError as error:
-        raise runs.RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
+    _write(Path(run_dir) / runs.EVAL_FILE, metrics)
     return metrics
 
 
@@ -240,22 +236,19 @@ def long_tail_report(
         report["classifiers"][name] = entry
     report["provenance"] = {
         **provenance.provenance(device),
-        "command": f"python -m dyntemp eval {runs_relative(run_dir)} --long-tail",
+        "command": f"python -m dyntemp eval {stored.relative(run_dir)} --long-tail",
         "epochs_trained": state["epoch"],
     }
-    path = Path(run_dir) / runs.LONG_TAIL_FILE
-    try:
-        runs.atomic_write_json(path, report)
-    except OSError as error:
-        raise runs.RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
+    _write(Path(run_dir) / runs.LONG_TAIL_FILE, report)
     return report
 
 
-def runs_relative(run_dir: str | os.PathLike) -> str:
-    """The run folder as the repository names it (``results/...``), else as given."""
-    from dyntemp import stored
-
-    return stored.relative(run_dir)
+def _write(path: Path, payload: dict[str, Any]) -> None:
+    """Write an evaluation file whole, or say in one line why it cannot be written."""
+    try:
+        runs.atomic_write_json(path, payload)
+    except OSError as error:
+        raise runs.RunFolderError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 MAP_POINTS = 1_000  # test images in the 2-D map of embedding.json
