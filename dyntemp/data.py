@@ -368,8 +368,9 @@ def _load_cifar(
         raise FileNotFoundError(
             f"{name} {split} not found under {root}: looked for "
             f"{', '.join(str(f) for f in files)} (torchvision's format) and for "
-            f"{root / split}/<class>/* (image folders). Pass --download to fetch it "
-            f"(needs the internet), or set --data-root or DYNTEMP_DATA to a folder that has it."
+            f"{root / split}/<class>/* (image folders). Pass download=True (--download) "
+            f"to fetch it (needs the internet), or set the root (--data-root) or DYNTEMP_DATA "
+            f"to a folder that has it."
         )
     images, labels = [], []
     for path in files[:-1]:
@@ -505,8 +506,8 @@ def _load_stl10(root: Path, split: str, download: bool) -> ImageDataset:
         raise FileNotFoundError(
             f"stl10 {split} not found under {root}: looked for "
             f"{', '.join(str(f) for f in needed)} (torchvision's stl10_binary format). "
-            f"Pass --download to fetch it (needs the internet, 2.6 GB), or set --data-root or "
-            f"DYNTEMP_DATA to a folder that has it."
+            f"Pass download=True (--download) to fetch it (needs the internet, 2.6 GB), or set "
+            f"the root (--data-root) or DYNTEMP_DATA to a folder that has it."
         )
     images, labels = [], []
     for part in parts:
@@ -551,7 +552,7 @@ def _download(name: str, root: Path, fetch) -> None:
     try:
         fetch()
     except (OSError, RuntimeError) as error:
-        raise ValueError(f"--download of {name} into {root} failed: {_one_line(error)}") from None
+        raise ValueError(f"the download of {name} into {root} failed: {_one_line(error)}") from None
 
 
 # -- image folders, with the decode cache -----------------------------------------------------
@@ -592,7 +593,8 @@ def load_image_folder(
     if not top.is_dir():
         if not root.is_dir():
             raise FileNotFoundError(
-                f"{name}: no folder {root}; set --data-root or DYNTEMP_DATA to the data folder"
+                f"{name}: no folder {root}; set the root (--data-root) or DYNTEMP_DATA to the "
+                f"data folder"
             )
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] != ".")
         raise ValueError(
@@ -771,7 +773,7 @@ def _decode_all(files: Sequence[str], raw: Sequence[bytes], size: int | None) ->
         (a, i), (b, j) = list(shapes.items())[:2]
         raise ValueError(
             f"images differ in size: {files[i]} is {a[0]}x{a[1]}, {files[j]} is "
-            f"{b[0]}x{b[1]}; pass --image-size N to resize them to N x N"
+            f"{b[0]}x{b[1]}; pass image_size=N (--image-size N) to resize them to N x N"
         )
     return torch.stack(decoded)
 

@@ -169,25 +169,13 @@ def choose(
 def machine_key() -> dict[str, Any]:
     """What makes one machine's timings another's: processor, its features, torch, threads."""
     return {
-        "cpu": _cpuinfo("model name") or platform.processor() or platform.machine(),
-        "family": _cpuinfo("cpu family"),
-        "model": _cpuinfo("model"),
+        "cpu": provenance.cpuinfo("model name") or platform.processor() or platform.machine(),
+        "family": provenance.cpuinfo("cpu family"),
+        "model": provenance.cpuinfo("model"),
         "features": provenance.cpu_features(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-
-
-def _cpuinfo(field_name: str) -> str | None:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() == field_name:
-            return value.strip()
-    return None
 
 
 def cache_file() -> Path:

@@ -104,15 +104,25 @@ def usable_cores() -> int:
     return max(1, count() or 1)
 
 
-def _cpuinfo_flags() -> set[str] | None:
-    """The first ``flags`` (x86) or ``Features`` (arm) line of /proc/cpuinfo; None if none."""
+def cpuinfo(field_name: str) -> str | None:
+    """The first value of ``field_name`` in /proc/cpuinfo (``model name``, ``cpu family``,
+    ``flags``...); None where there is no such file (macOS, Windows) or field."""
     try:
         text = _CPUINFO.read_text(errors="replace")
     except OSError:
         return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
+        if key.strip() == field_name:
+            return value.strip()
+    return None
+
+
+def _cpuinfo_flags() -> set[str] | None:
+    """The first ``flags`` (x86) or ``Features`` (arm) line of /proc/cpuinfo; None if none."""
+    for key in ("flags", "Features"):
+        value = cpuinfo(key)
+        if value is not None:
             return set(value.split())
     return None
 
@@ -171,19 +181,21 @@ def native_bf16_cpu() -> bool:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in _CPUINFO.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_kind() -> str | None:
+    """The processor's family and model numbers (x86 Linux: ``family 25 model 17``), which
+    tell apart kinds that share a model name such as ``AMD EPYC``; None where unknown."""
+    family, model = cpuinfo("cpu family"), cpuinfo("model")
+    return f"family {family} model {model}" if family and model else None
 
 
 def machine(device: torch.device | str | None = None) -> dict[str, Any]:
     """The hardware a number was measured on; with ``cpu_features()`` when it ran on the CPU."""
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
+        "cpu_kind": cpu_kind(),
         "cpu_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),

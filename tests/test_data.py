@@ -241,7 +241,9 @@ def test_image_folder_reads_classes_sorted_and_pixels_exactly(tmp_path, cache_ho
 
 def test_image_folder_resizes_images_of_other_sizes(tmp_path, cache_home):
     write_image_folder(tmp_path, sizes=((8, 8), (12, 16), (20, 10)))
-    with pytest.raises(ValueError, match="differ in size.*pass --image-size N to resize"):
+    with pytest.raises(
+        ValueError, match=r"differ in size.*image_size=N \(--image-size N\) to resize"
+    ):
         load_dataset("imagefolder", root=tmp_path)
     dataset = load_dataset("imagefolder", root=tmp_path, image_size=8)
     assert dataset.images.shape == (9, 3, 8, 8)
@@ -403,7 +405,7 @@ def test_missing_files_say_what_was_looked_for_and_how_to_get_it(tmp_path):
     message = str(error.value)
     assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in message
     assert str(tmp_path / "train") in message and "--download" in message
-    assert "--data-root" in message and "download=True" not in message
+    assert "--data-root" in message and "download=True" in message  # the CLI's and Python's
     with pytest.raises(FileNotFoundError, match="stl10_binary.*--download"):
         load_dataset("stl10", root=tmp_path)
     with pytest.raises(FileNotFoundError, match="no folder.*--data-root"):
@@ -653,7 +655,9 @@ def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(ValueError, match=f"^--download of cifar10 into {tmp_path} failed: .*name"):
+    with pytest.raises(
+        ValueError, match=f"^the download of cifar10 into {tmp_path} failed: .*name"
+    ):
         load_dataset("cifar10", root=tmp_path, download=True)
 
 

@@ -136,3 +136,17 @@ def test_the_package_commit_is_the_last_change_of_the_code(tmp_path):
     assert provenance.package_commit(package) == code  # the code did not
     (package / "code.py").write_text("x = 2\n")
     assert provenance.package_commit(package) == code + "+dirty"
+
+
+def test_the_cpu_kind_tells_apart_processors_of_one_model_name(monkeypatch, tmp_path):
+    """Two 'AMD EPYC' of different families run the trainer at different speeds."""
+    fake_cpu(monkeypatch, tmp_path, "x86_64", "cpu family\t: 25\nmodel\t\t: 17\n" + X86_FLAGS,
+             "AVX512")  # fmt: skip
+    assert provenance.cpuinfo("model name") == "Test CPU"
+    assert provenance.cpu_kind() == "family 25 model 17"
+    assert provenance.machine("cpu")["cpu_kind"] == "family 25 model 17"
+    fake_cpu(monkeypatch, tmp_path, "arm64", ARM_FEATURES, "DEFAULT")  # no family, no model
+    assert provenance.cpu_kind() is None and provenance.machine()["cpu_kind"] is None
+    (tmp_path / "elsewhere").mkdir()
+    fake_cpu(monkeypatch, tmp_path / "elsewhere", "x86_64", None, "DEFAULT")  # no /proc/cpuinfo
+    assert provenance.cpuinfo("model name") is None and provenance.cpu_kind() is None
