@@ -21,7 +21,11 @@ def test_bench_train_runs_and_writes_its_results(tmp_path, capsys):
     assert payload["cpu"]["peak_gflops"]["fp32"] > 0 and payload["cpu"]["flops_per_image"] > 0
     printed = capsys.readouterr().out
     assert "dyntemp bf16 + channels_last" in printed and "x reference" in printed
-    assert "of peak" in printed and "matrix-product peak" in printed
+    assert "of peak" in printed and "3x3 convolution" in printed
+    for name in ("fp32", "bf16"):  # the peak is the faster of the two measurements
+        measured = payload["cpu"]["peak_measurements"][name]
+        assert measured["peak"] == max(measured["matmul"], measured["convolution"]) > 0
+        assert payload["cpu"]["peak_gflops"][name] == measured["peak"]
 
 
 def test_bench_train_times_the_trainers_own_step(monkeypatch):
