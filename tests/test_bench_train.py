@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from dyntemp.bench import train as bench
 
 
-def test_bench_train_runs_and_writes_its_results(tmp_path, capsys):
+def test_bench_train_runs_and_writes_its_results(tmp_path, capsys, monkeypatch):
+    real = bench.convolution_gflops  # the full-size peak takes seconds where bf16 is emulated
+    monkeypatch.setattr(bench, "convolution_gflops",
+                        lambda dtype: real(dtype, 1, images=2, channels=16))  # fmt: skip
     out = tmp_path / "bench"
     arguments = "--images 64 --batch-size 32 --steps 1 --rounds 1 --workers 0 --no-gpu"
     assert bench.main([*arguments.split(), "--out", str(out)]) == 0
@@ -107,10 +111,15 @@ def test_the_profile_puts_every_millisecond_of_a_step_in_a_category(tmp_path, ca
     assert set(profiles) == set(bench.VARIANTS)
     for profile in profiles.values():
         operators, phases = profile["operators"], profile["phases"]
-        assert set(operators) == {*bench.PROFILE_CATEGORIES, "other"}
+        named = {bench.VIEWS_CATEGORY, *bench.PROFILE_CATEGORIES, bench.PYTHON_CATEGORY}
+        assert set(operators) == {*named, "other"}
+        # the views' operators and Python are counted once, in their own category
+        assert operators[bench.VIEWS_CATEGORY] == pytest.approx(phases["views"], rel=0.02)
         assert operators["convolution, forward"] > 0 and operators["convolution, backward"] > 0
         assert operators["other"] < sum(operators.values())
         assert all(phases[phase] > 0 for phase in ("views", "forward", "loss", "backward"))
         # the phases hold the whole step but its bookkeeping (and the profiler's own)
         assert 0.8 < sum(phases.values()) / sum(operators.values()) < 1.25
     assert "ms a step" in capsys.readouterr().out
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings == {"model": "small", "batch_size": 32, "steps": 2}

@@ -41,6 +41,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,14 +93,17 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> flo
     return 2 * size**3 / best / 1e9
 
 
-def convolution_gflops(dtype: torch.dtype, repeats: int = 5) -> float:
+def convolution_gflops(
+    dtype: torch.dtype, repeats: int = 5, *, images: int = 64, channels: int = 128
+) -> float:
     """This machine's throughput (GFLOP/s, the best of ``repeats``) in one large 3x3
-    convolution, 128 to 128 channels on 64 images of 32x32, channels_last, in ``dtype``:
+    convolution, ``channels`` to ``channels`` on ``images`` of 32x32, channels_last, in ``dtype``:
     oneDNN's convolution kernels, which the trainer's layers use, may outrun the BLAS behind
     the matrix product, and then the matrix product alone would understate the peak."""
-    x = torch.randn(64, 128, 32, 32).to(dtype).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(128, 128, 3, 3).to(dtype).contiguous(memory_format=torch.channels_last)
-    flops = 2 * 64 * 32 * 32 * 128 * 128 * 9
+    layout = torch.channels_last
+    x = torch.randn(images, channels, 32, 32).to(dtype).contiguous(memory_format=layout)
+    w = torch.randn(channels, channels, 3, 3).to(dtype).contiguous(memory_format=layout)
+    flops = 2 * images * 32 * 32 * channels * channels * 9
     with torch.no_grad():
         torch.nn.functional.conv2d(x, w, padding=1)  # first call: kernels chosen
         best = float("inf")
@@ -355,9 +359,10 @@ def cuda_epoch(args: argparse.Namespace, device: torch.device) -> dict:
     return results
 
 
-#: Where a step's time goes: torch operators by what they do (first match wins).
+#: Where a step's time goes outside the views: torch operators by what they do (first match
+#: wins). The views (``ViewBatches``: crops, colour, normalisation) are one category of their
+#: own, everything they call, so that their element-wise operators are not counted as others.
 PROFILE_CATEGORIES = {
-    "augmentation": ("grid_sampler", "affine_grid", "rgb_to", "_augment"),
     "convolution, backward": ("convolution_backward",),
     "convolution, forward": ("convolution", "mkldnn_convolution"),
     "batch norm, backward": ("batch_norm_backward",),
@@ -365,16 +370,20 @@ PROFILE_CATEGORIES = {
     "ReLU": ("threshold", "relu", "clamp_min"),
     "pooling": ("pool",),
     "linear layers": ("addmm", "aten::mm", "aten::bmm"),
-    "optimiser": ("_foreach", "addcmul", "sgd", "Optimizer"),
+    "optimiser": ("_foreach", "sgd", "Optimizer"),
     "copies and conversions": ("copy_", "_to_copy", "contiguous", "clone", "fill_", "zero_"),
 }
+VIEWS_CATEGORY = "views (all they call)"
+#: The phases' own time between their operators: the trainer's Python.
+PYTHON_CATEGORY = "Python between operators"
 
 
 def profile_steps(steps: Iterator[torch.Tensor], count: int) -> dict[str, dict[str, float]]:
     """Milliseconds per step from torch's profiler over ``count`` of the trainer's steps: by
     phase (``train.PHASES``: the views, forward, loss, backward, optimiser; each with all it
-    calls) and by operator category (``PROFILE_CATEGORIES``, the rest as "other"; each
-    operator's own time)."""
+    calls) and by operator: each operator's own time counted once, in the views' category
+    when the views called it, else in its kind's (``PROFILE_CATEGORIES``, the rest "other");
+    the phases' own time between operators is the views' or ``PYTHON_CATEGORY``."""
     from torch.profiler import ProfilerActivity, profile
 
     from dyntemp.train import PHASES
@@ -385,18 +394,34 @@ def profile_steps(steps: Iterator[torch.Tensor], count: int) -> dict[str, dict[s
             next(steps)
     labels = {label: phase for phase, label in PHASES.items()}
     phases = {phase: 0.0 for phase in PHASES}
-    operators: dict[str, float] = {name: 0.0 for name in [*PROFILE_CATEGORIES, "other"]}
-    for event in profiler.key_averages():
-        name = event.key
-        if name in labels:
-            phases[labels[name]] += event.cpu_time_total / 1000 / count
+    operators: dict[str, float] = {
+        name: 0.0 for name in [VIEWS_CATEGORY, *PROFILE_CATEGORIES, PYTHON_CATEGORY, "other"]
+    }
+    for event in profiler.events():
+        if event.name in labels:  # a phase: its whole time, and its own (Python's) time
+            phases[labels[event.name]] += event.cpu_time_total / 1000 / count
+            own = VIEWS_CATEGORY if labels[event.name] == "views" else PYTHON_CATEGORY
+            operators[own] += event.self_cpu_time_total / 1000 / count
             continue
-        category = next(
-            (c for c, keys in PROFILE_CATEGORIES.items() if any(k in name for k in keys)),
-            "other",
-        )
+        if _phase_of(event, labels) == "views":
+            category = VIEWS_CATEGORY
+        else:
+            category = next(
+                (c for c, keys in PROFILE_CATEGORIES.items() if any(k in event.name for k in keys)),
+                "other",
+            )
         operators[category] += event.self_cpu_time_total / 1000 / count
     return {"phases": phases, "operators": operators}
+
+
+def _phase_of(event: Any, labels: dict[str, str]) -> str | None:
+    """The trainer's phase (``train.PHASES``) that ``event`` ran in, from its parents."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name in labels:
+            return labels[parent.name]
+        parent = parent.cpu_parent
+    return None
 
 
 def format_profile(profile: dict[str, dict[str, float]], title: str) -> str:
@@ -485,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
                                   layout)  # fmt: skip
             profiles[name] = profile_steps(steps, args.steps)
             print(format_profile(profiles[name], name))
-        write_results(args.out, "train-profile", info, profiles=profiles)
+        settings = {"model": args.model, "batch_size": args.batch_size, "steps": args.steps}
+        write_results(args.out, "train-profile", info, settings=settings, profiles=profiles)
         return 0
     cpu = compare_on_cpu(args)
     print(format_table(cpu))
