@@ -19,7 +19,8 @@ each stored under ``results/decisive/<stage>/<name>/seed<k>/``:
 4. **primary**: each arm's best, with the seeds the plan file names, from one package
    commit. The plan (``results/decisive/plan.json``, written by ``python -m
    dyntemp.decisive plan`` and committed before the first primary run) fixes the seeds,
-   the test, and the rule of the verdict (``primary_result``).
+   the test, and the rule of the verdict (``primary_result``; ``verdict_sentence`` says
+   in one sentence what it means for the paper's claim).
 5. **longtail**: CIFAR-10-LT the paper's way (``LONG_TAIL``, ``long_tail_family``).
 
 Every balanced run holds out the same class-balanced 5,000 of the 50,000 training images
@@ -495,6 +496,55 @@ def primary_result(plan: dict[str, Any] | None = None) -> dict[str, Any]:
         "equivalence": tost,
         "verdict": verdict,
     }
+
+
+def paper_gain() -> float:
+    """The paper's reported CIFAR-10 gain of DySTreSS over SimCLR, in points (its numbers,
+    ResNet-18, 200 epochs: ``catalogue.REPORTED``)."""
+    from dyntemp.catalogue import REPORTED
+
+    return REPORTED["dystress-0.07-0.2"][1] - REPORTED["fixed-0.2"][1]
+
+
+def verdict_sentence(result: dict[str, Any]) -> str:
+    """One plain sentence of what the primary ``result`` means for the paper's claim at this
+    scale, written by the plan's rule from the stored numbers alone."""
+    from dyntemp import stats
+
+    if not result["complete"] or result["verdict"] == "not tested":
+        return "The primary runs are not all stored yet: there is no verdict."
+    gap = result["difference"]["difference"]
+    low, high = result["interval"]
+    paper = paper_gain()
+    numbers = f"{gap:+.2f} points, 95 % interval [{low:+.2f}, {high:+.2f}]"
+    where = f"the paper's +{paper:.2f} points lie "
+    if low <= paper <= high:
+        where += "inside that interval"
+    elif paper > high:
+        where += "above that interval: a gain as large is not seen here"
+    else:
+        where += "below that interval: the gain here is larger"
+    rivals = "DySTreSS and SimCLR with its best fixed temperature, both tuned the same way"
+    verdict = result["verdict"]
+    if verdict == "DySTreSS better":
+        return (
+            f"At this scale DySTreSS beats SimCLR with its best fixed temperature, both "
+            f"tuned the same way ({numbers}): the direction the paper claims, and {where}."
+        )
+    if verdict == "SimCLR better":
+        return (
+            f"At this scale SimCLR with its best fixed temperature beats DySTreSS, both "
+            f"tuned the same way ({numbers}): the opposite of the paper's claim."
+        )
+    if verdict.startswith("equivalent"):
+        return (
+            f"At this scale {rivals}, are equivalent within ±{EQUIVALENCE_MARGIN:g} point "
+            f"({numbers}; TOST {stats.format_p(result['equivalence']['p_value'])}): {where}."
+        )
+    return (
+        f"At this scale the experiment cannot tell {rivals}, apart ({numbers}): it finds "
+        f"no difference and cannot rule out one of a point; {where}."
+    )
 
 
 def long_tail_table() -> dict[str, dict[str, Any]]:

@@ -129,6 +129,23 @@ def test_the_plan_rule_gives_the_verdict(tiny_experiment, dystress, simclr, verd
     result = decisive.primary_result(plan)
     assert result["complete"] and result["verdict"] == verdict
     assert result["values"]["dystress"] == dystress
+    sentence = decisive.verdict_sentence(result)
+    low, high = result["interval"]
+    assert f"[{low:+.2f}, {high:+.2f}]" in sentence and sentence.startswith("At this scale")
+    expected = {
+        "DySTreSS better": "DySTreSS beats SimCLR",
+        "SimCLR better": "the opposite of the paper's claim",
+        "equivalent within +-1 point": "are equivalent within ±1 point",
+        "inconclusive": "cannot tell",
+    }[verdict]
+    assert expected in sentence
+    paper = decisive.paper_gain()  # 85.68 - 83.65, the paper's CIFAR-10 numbers
+    assert paper == pytest.approx(2.03)
+    if verdict != "SimCLR better":  # where the paper's gain lies, as the interval says
+        side = "inside" if low <= paper <= high else "above" if high < paper else "below"
+        assert f"the paper's +2.03 points lie {side}" in sentence
+    incomplete = {**result, "complete": False}
+    assert "no verdict" in decisive.verdict_sentence(incomplete)
 
 
 def test_primary_runs_refuse_another_package_commit(tiny_experiment, monkeypatch):
