@@ -21,7 +21,7 @@ QUOTED = [
     ("10_decisive_comparison", "stopped at 10 epochs", "would have chosen L = 10"),
     ("10_decisive_comparison", "at its end, 56.13 %", "(recorded, chooses nothing): 56.13 %"),
     ("10_decisive_comparison", "at learning rate 0.6 (57.58 %)", "fixed-0.1 at lr 0.6 (57.58 %)"),
-    ("10_decisive_comparison", "$(0.1, 0.2)$ at 0.3 (57.60 %)", "dystress-0.1-0.2 at lr 0.3 (57.60 %)"),
+    ("10_decisive_comparison", "at 0.3 (57.60 %)", "dystress-0.1-0.2 at lr 0.3 (57.60 %)"),
     ("10_decisive_comparison", "spread of about\nhalf a point", "sized for the spread 0.49"),
     ("10_decisive_comparison", "0.02 points apart", "best: fixed-0.1 at lr 0.6 (57.58 %)"),
     ("08_ablations", "within a tenth\nof a point", "NeurIPS-2023 code   55.57 ± 0.31 (3 seeds)"),
