@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +168,7 @@ def choose(
 def machine_key() -> dict[str, Any]:
     """What makes one machine's timings another's: processor, its features, torch, threads."""
     return {
-        "cpu": provenance.cpuinfo("model name") or platform.processor() or platform.machine(),
+        "cpu": provenance.cpu_model(),
         "family": provenance.cpuinfo("cpu family"),
         "model": provenance.cpuinfo("model"),
         "features": provenance.cpu_features(),

@@ -180,7 +180,8 @@ def native_bf16_cpu() -> bool:
     return cpu_features()["native_bf16"]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo on Linux, else what ``platform`` says)."""
     return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
@@ -194,7 +195,7 @@ def cpu_kind() -> str | None:
 def machine(device: torch.device | str | None = None) -> dict[str, Any]:
     """The hardware a number was measured on; with ``cpu_features()`` when it ran on the CPU."""
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_kind": cpu_kind(),
         "cpu_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),

@@ -84,13 +84,7 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> flo
     approach, measured rather than read from a data sheet."""
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
-    a @ b  # first call: kernels chosen, memory touched
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return 2 * size**3 / _best_seconds(lambda: a @ b, repeats) / 1e9
 
 
 def convolution_gflops(
@@ -105,13 +99,20 @@ def convolution_gflops(
     w = torch.randn(channels, channels, 3, 3).to(dtype).contiguous(memory_format=layout)
     flops = 2 * images * 32 * 32 * channels * channels * 9
     with torch.no_grad():
-        torch.nn.functional.conv2d(x, w, padding=1)  # first call: kernels chosen
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.nn.functional.conv2d(x, w, padding=1)
-            best = min(best, time.perf_counter() - start)
-    return flops / best / 1e9
+        seconds = _best_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), repeats)
+    return flops / seconds / 1e9
+
+
+def _best_seconds(operation: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``operation``, after one untimed call (in
+    which its kernels are chosen and its memory touched)."""
+    operation()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        operation()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def peak_gflops(dtype: torch.dtype) -> dict[str, float]:
