@@ -24,6 +24,7 @@ QUOTED = [
     ("10_decisive_comparison", "at 0.3 (57.60 %)", "dystress-0.1-0.2 at lr 0.3 (57.60 %)"),
     ("10_decisive_comparison", "spread of about\nhalf a point", "sized for the spread 0.49"),
     ("10_decisive_comparison", "0.02 points apart", "best: fixed-0.1 at lr 0.6 (57.58 %)"),
+    ("09_results", "come from two commits of the package", "from 2 package commits"),
     ("08_ablations", "within a tenth\nof a point", "NeurIPS-2023 code   55.57 ± 0.31 (3 seeds)"),
     ("08_ablations", "within a tenth\nof a point", "+0.09 points, p = 0.785"),
     ("08_ablations", "$-1.17$ points ($p = 0.051$ alone)", "-1.17 points, p = 0.051"),
