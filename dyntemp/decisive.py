@@ -308,6 +308,28 @@ def length_check_config(epochs: int) -> TrainConfig:
     return _config("lengthcheck", tuning_name(candidate, lr), TUNING_SEED, changes)
 
 
+def length_check(epochs: int) -> dict[str, Any] | None:
+    """What doubling the length buys under the cosine schedule the runs use: the pilot's
+    config trained for ``epochs`` (its tuning run) and for twice that (the length check),
+    their validation and test kNN, and the validation gain of the longer run against
+    ``CONVERGED_POINTS``; None until both are stored. One seed each: a run's validation
+    kNN moves by about half a point from seed to seed, so the gain carries that noise."""
+    candidate, lr = SPREAD
+    configs = (tuning_config(candidate, lr, epochs), length_check_config(epochs))
+    folders = [Path(cfg.out) for cfg in configs]
+    if not all(runs.is_finished(folder) for folder in folders):
+        return None
+    short, long = (runs.read_json(folder / runs.RESULTS_FILE) for folder in folders)
+    gain = long["val_knn_top1"] - short["val_knn_top1"]
+    return {
+        "epochs": (epochs, 2 * epochs),
+        "val_knn_top1": (short["val_knn_top1"], long["val_knn_top1"]),
+        "knn_top1": (short["knn_top1"], long["knn_top1"]),
+        "gain": gain,
+        "converged": gain < CONVERGED_POINTS,
+    }
+
+
 def tuning_configs(epochs: int) -> list[TrainConfig]:
     return [
         tuning_config(candidate, lr, epochs)
@@ -604,6 +626,30 @@ def stored_stages(epochs: int | None = None) -> dict[str, str]:
         found["primary"] = finished(primary_configs(read_plan()))
     found["long-tailed"] = finished(long_tail_configs())
     return found
+
+
+def ledger() -> dict[str, dict[str, Any]]:
+    """What each stored stage cost: its finished runs, their SGD steps, their wall time in
+    hours as each run's provenance records it (time paused while other work shared the
+    machine included) and the processors that ran them."""
+    costs: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        found = sorted((root() / stage).glob(f"*/seed*/{runs.RESULTS_FILE}"))
+        reports = [runs.read_json(path) for path in found]
+        if not reports:
+            continue
+        machines = set()
+        for report in reports:
+            machine = report["provenance"]["machine"]
+            kind = machine.get("cpu_kind")
+            machines.add(machine["cpu"] + (f" ({kind})" if kind else ""))
+        costs[stage] = {
+            "runs": len(reports),
+            "steps": sum(report["steps"] for report in reports),
+            "hours": sum(report["provenance"]["wall_time_s"] for report in reports) / 3600,
+            "machines": sorted(machines),
+        }
+    return costs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,13 @@ def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
     assert decisive.main(["primary"]) == 2  # no plan: one line, exit 2
     assert decisive.main(["tuning", "--epochs", "2"]) == 0
     assert decisive.main(["spread", "--epochs", "2"]) == 0
+    assert decisive.length_check(2) is None  # the 4-epoch run is not trained yet
+    assert decisive.main(["lengthcheck", "--epochs", "2"]) == 0
+    check = decisive.length_check(2)
+    doubled = runs.load(results / "lengthcheck" / "fixed-0.2-lr0.3" / "seed0")["results"]
+    assert check["epochs"] == (2, 4) and check["val_knn_top1"][1] == doubled["val_knn_top1"]
+    assert check["gain"] == pytest.approx(check["val_knn_top1"][1] - check["val_knn_top1"][0])
+    assert check["converged"] == (check["gain"] < decisive.CONVERGED_POINTS)
     table = decisive.best_of_arms(2)
     assert {len(table[arm]["runs"]) for arm in table} == {3 * 2, 2 * 2}
     for arm, entry in table.items():
@@ -93,6 +100,11 @@ def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
     else:
         low, high = result["interval"]
         assert low <= gap["difference"] <= high
+    costs = decisive.ledger()
+    assert costs["primary"]["runs"] == 2 * len(plan["seeds"])
+    assert costs["tuning"]["runs"] == len(decisive.tuning_configs(2))
+    assert costs["pilot"]["steps"] == pilot["results"]["steps"] and "longtail" not in costs
+    assert all(cost["hours"] > 0 and cost["machines"] for cost in costs.values())
     # every run is listed in the manifest only once finished; no run shares a seed
     primary_seeds = {json.loads((f / "config.json").read_text())["config"]["seed"]
                      for f in (results / "primary").glob("*/seed*")}  # fmt: skip
