@@ -105,6 +105,7 @@ def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
     assert costs["tuning"]["runs"] == len(decisive.tuning_configs(2))
     assert costs["pilot"]["steps"] == pilot["results"]["steps"] and "longtail" not in costs
     assert all(cost["hours"] > 0 and cost["machines"] for cost in costs.values())
+    assert costs["primary"]["package_commits"] == [plan["package_commit"]]
     # every run is listed in the manifest only once finished; no run shares a seed
     primary_seeds = {json.loads((f / "config.json").read_text())["config"]["seed"]
                      for f in (results / "primary").glob("*/seed*")}  # fmt: skip
@@ -155,7 +156,8 @@ def test_the_plan_rule_gives_the_verdict(tiny_experiment, dystress, simclr, verd
     assert paper == pytest.approx(2.03)
     if verdict != "SimCLR better":  # where the paper's gain lies, as the interval says
         side = "inside" if low <= paper <= high else "above" if high < paper else "below"
-        assert f"the paper's +2.03 points lie {side}" in sentence
+        assert "the paper's +2.03 points (its ResNet-18 after 200 epochs" in sentence
+        assert f"SimCLR) lie {side}" in sentence
     incomplete = {**result, "complete": False}
     assert "no verdict" in decisive.verdict_sentence(incomplete)
 
