@@ -482,11 +482,9 @@ def primary_configs(plan: dict[str, Any]) -> list[TrainConfig]:
     ]
 
 
-def primary_result(plan: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The primary test on the finished primary runs, decided by the plan's rule."""
-    from dyntemp import stats
-
-    plan = read_plan() if plan is None else plan
+def primary_values(plan: dict[str, Any], key: str = "knn_top1") -> dict[str, list[float]]:
+    """Each arm's ``key`` (test kNN, or ``val_knn_top1``) in its finished primary runs, in
+    the order of the plan's seeds."""
     values: dict[str, list[float]] = {}
     for arm, best in plan["arms"].items():
         folders = [
@@ -494,10 +492,19 @@ def primary_result(plan: dict[str, Any] | None = None) -> dict[str, Any]:
             for seed in plan["seeds"]
         ]
         values[arm] = [
-            runs.read_json(folder / runs.RESULTS_FILE)["knn_top1"]
+            runs.read_json(folder / runs.RESULTS_FILE)[key]
             for folder in folders
             if runs.is_finished(folder)
         ]
+    return values
+
+
+def primary_result(plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The primary test on the finished primary runs, decided by the plan's rule."""
+    from dyntemp import stats
+
+    plan = read_plan() if plan is None else plan
+    values = primary_values(plan)
     gap = stats.difference(values["dystress"], values["simclr"])
     low, high = stats.interval(gap)
     tost = stats.equivalence(gap, EQUIVALENCE_MARGIN)
@@ -518,6 +525,41 @@ def primary_result(plan: dict[str, Any] | None = None) -> dict[str, Any]:
         "equivalence": tost,
         "verdict": verdict,
     }
+
+
+def exploratory(plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Looks at the stored runs written after the primary runs were seen: exploratory, not
+    in the plan, they decide nothing.
+
+    ``chosen_by_one_seed``: each arm's validation kNN in the tuning run that chose it (seed 0)
+    beside the same setting's primary seeds: the best of several single-seed runs tends to
+    score above what its setting gives on other seeds (the winner's curse). ``rows``:
+    DySTreSS's primary runs against the spread stage's setting (``SPREAD``, seeds 0-2, the
+    one other SimCLR setting run with more than one seed) on test and validation kNN, and
+    the primary arms on validation kNN; Welch, Holm-adjusted over the rows."""
+    from dyntemp import stats
+
+    plan = read_plan() if plan is None else plan
+    test, validation = primary_values(plan), primary_values(plan, "val_knn_top1")
+    spread = spread_estimate(plan["epochs"])
+    other = tuning_name(*SPREAD)
+    compared = [
+        ("test kNN", other, test["dystress"], spread["test_knn_top1"]),
+        ("validation kNN", other, validation["dystress"], spread["val_knn_top1"]),
+        ("validation kNN", "the SimCLR arm", validation["dystress"], validation["simclr"]),
+    ]
+    rows = [
+        {"measure": measure, "against": against, "gap": stats.difference(mine, theirs)}
+        for measure, against, mine, theirs in compared
+    ]
+    for row, adjusted in zip(rows, stats.holm([r["gap"]["p_value"] for r in rows]), strict=True):
+        row["adjusted_p"] = adjusted
+        row["verdict"] = stats.verdict(row["gap"], adjusted)
+    chosen = {
+        arm: {"tuning": best["val_knn_top1"], "primary": validation[arm]}
+        for arm, best in plan["arms"].items()
+    }
+    return {"chosen_by_one_seed": chosen, "rows": rows}
 
 
 def paper_gain() -> float:

@@ -100,6 +100,16 @@ def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
     else:
         low, high = result["interval"]
         assert low <= gap["difference"] <= high
+    looks = decisive.exploratory()
+    measures = [row["measure"] for row in looks["rows"]]
+    assert measures == ["test kNN", "validation kNN", "validation kNN"]
+    spread = decisive.spread_estimate(2)
+    mine = decisive.primary_values(plan, "val_knn_top1")["dystress"]
+    assert looks["rows"][1]["gap"]["difference"] == pytest.approx(
+        stats.difference(mine, spread["val_knn_top1"])["difference"]
+    )
+    assert looks["chosen_by_one_seed"]["simclr"]["tuning"] == plan["arms"]["simclr"]["val_knn_top1"]
+    assert len(looks["chosen_by_one_seed"]["dystress"]["primary"]) == len(plan["seeds"])
     costs = decisive.ledger()
     assert costs["primary"]["runs"] == 2 * len(plan["seeds"])
     assert costs["tuning"]["runs"] == len(decisive.tuning_configs(2))
