@@ -22,6 +22,12 @@ each stored under ``results/decisive/<stage>/<name>/seed<k>/``:
    the test, and the rule of the verdict (``primary_result``; ``verdict_sentence`` says
    in one sentence what it means for the paper's claim).
 5. **longtail**: CIFAR-10-LT the paper's way (``LONG_TAIL``, ``long_tail_family``).
+6. **confirm**: written after the primary runs, when the length check found that doubling
+   L still gains more than a point under the cosine schedule: each arm's setting chosen
+   again on the validation split from the settings run with several seeds
+   (``settings_on_validation``), trained for 2L epochs with the plan's seeds, tested by
+   the plan's rule. Its plan (``confirm-plan.json``, ``python -m dyntemp.decisive
+   confirm-plan``) is committed before its first run.
 
 Every balanced run holds out the same class-balanced 5,000 of the 50,000 training images
 (``--validation 5000``): the kNN during training scores them against the other 45,000,
@@ -29,9 +35,9 @@ and the test set is scored once, at the end of a run, and chooses nothing. Every
 bf16 with channels_last, whatever the machine would choose, so that all stages compute
 the same arithmetic.
 
-``python -m dyntemp.decisive <stage>`` runs a stage (``plan`` writes the plan, ``status``
-reports the length rule); finished runs are kept, so a stopped stage resumes where it
-stopped.
+``python -m dyntemp.decisive <stage>`` runs a stage (``plan`` and ``confirm-plan`` write the
+plans, ``status`` reports the length rule); finished runs are kept, so a stopped stage
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from dyntemp import train as training
 from dyntemp.config import PRESETS, TrainConfig
 from dyntemp.experiments import relative, train_command
 
-STAGES = ("pilot", "tuning", "lengthcheck", "spread", "primary", "longtail")
+STAGES = ("pilot", "tuning", "lengthcheck", "spread", "primary", "longtail", "confirm")
 VALIDATION_IMAGES = 5_000
 
 # What every run shares: the cpu scale's network and optimiser, the validation split, one
@@ -100,6 +106,7 @@ PRIMARY_POWER = 0.8
 EQUIVALENCE_MARGIN = 1.0  # points: the equivalence test's margin
 LEVEL = 0.05
 PLAN_FILE = "plan.json"
+CONFIRM_PLAN_FILE = "confirm-plan.json"
 
 # CIFAR-10-LT the paper's way: the cpu study's long-tailed scale (all 12,406 images, 32
 # epochs of batch 128), scored by majority 1-NN and 10-NN and by head / medium / tail
@@ -177,9 +184,12 @@ def tuning_config(candidate: str, lr: float, epochs: int) -> TrainConfig:
     return _config("tuning", tuning_name(candidate, lr), TUNING_SEED, changes)
 
 
-def primary_config(candidate: str, lr: float, epochs: int, seed: int) -> TrainConfig:
+def primary_config(
+    candidate: str, lr: float, epochs: int, seed: int, stage: str = "primary"
+) -> TrainConfig:
+    """A run of a plan's arm: ``stage`` is "primary", or "confirm" for the confirmation."""
     changes = {**_candidate(candidate), "lr": lr, "epochs": epochs}
-    return _config("primary", candidate, seed, changes)
+    return _config(stage, candidate, seed, changes)
 
 
 def spread_configs(epochs: int) -> list[TrainConfig]:
@@ -474,11 +484,13 @@ def read_plan() -> dict[str, Any]:
 
 
 def primary_configs(plan: dict[str, Any]) -> list[TrainConfig]:
-    """The primary runs the plan names, seed by seed (both arms of a seed before the next)."""
+    """The runs the plan names, seed by seed (both arms of a seed before the next); a
+    confirmation plan names its own stage."""
+    stage = plan.get("stage", "primary")
     return [
-        primary_config(plan["arms"][arm]["candidate"], plan["arms"][arm]["lr"], plan["epochs"], s)
+        primary_config(a["candidate"], a["lr"], plan["epochs"], s, stage)
         for s in plan["seeds"]
-        for arm in ARMS
+        for a in (plan["arms"][arm] for arm in ARMS)
     ]
 
 
@@ -486,9 +498,10 @@ def primary_values(plan: dict[str, Any], key: str = "knn_top1") -> dict[str, lis
     """Each arm's ``key`` (test kNN, or ``val_knn_top1``) in its finished primary runs, in
     the order of the plan's seeds."""
     values: dict[str, list[float]] = {}
+    stage = plan.get("stage", "primary")
     for arm, best in plan["arms"].items():
         folders = [
-            Path(primary_config(best["candidate"], best["lr"], plan["epochs"], seed).out)
+            Path(primary_config(best["candidate"], best["lr"], plan["epochs"], seed, stage).out)
             for seed in plan["seeds"]
         ]
         values[arm] = [
@@ -560,6 +573,139 @@ def exploratory(plan: dict[str, Any] | None = None) -> dict[str, Any]:
         for arm, best in plan["arms"].items()
     }
     return {"chosen_by_one_seed": chosen, "rows": rows}
+
+
+# ----------------------------------------------------------------------------- confirmation
+
+
+#: The confirmation's choice counts only settings with at least this many stored runs.
+CONFIRM_MIN_RUNS = 3
+
+
+def _setting(config: dict[str, Any]) -> tuple[str, float] | None:
+    """The (candidate, learning rate) of a run's config, or None for another rule."""
+    for candidates in ARMS.values():
+        for name, rule in candidates.items():
+            if all(config.get(key) == value for key, value in rule.items()):
+                return name, config["lr"]
+    return None
+
+
+def settings_on_validation(epochs: int) -> dict[str, dict[str, Any]]:
+    """Each arm's settings as every stored run of length ``epochs`` scores them on the
+    validation split (tuning, spread and primary runs, any seed), and the best by its mean
+    among the settings with at least ``CONFIRM_MIN_RUNS`` runs: the validation split's
+    choice once one seed no longer decides it."""
+    found: dict[tuple[str, float], list[float]] = {}
+    for stage in ("tuning", "spread", "primary"):
+        for path in sorted((root() / stage).glob(f"*/seed*/{runs.RESULTS_FILE}")):
+            report = runs.read_json(path)
+            config = report["provenance"]["config"]
+            setting = _setting(config)
+            if setting is not None and config["epochs"] == epochs:
+                found.setdefault(setting, []).append(report["val_knn_top1"])
+    table: dict[str, dict[str, Any]] = {}
+    for arm, candidates in ARMS.items():
+        rows = [
+            {
+                "candidate": name,
+                "lr": lr,
+                "runs": len(values),
+                "val_knn_top1": values,
+                "mean": sum(values) / len(values),
+            }  # fmt: skip
+            for (name, lr), values in sorted(found.items())
+            if name in candidates
+        ]
+        eligible = [row for row in rows if row["runs"] >= CONFIRM_MIN_RUNS]
+        table[arm] = {
+            "settings": rows,
+            "best": max(eligible, key=lambda row: row["mean"]) if eligible else None,
+        }
+    return table
+
+
+def write_confirm_plan(*, force: bool = False) -> dict[str, Any]:
+    """Write ``results/decisive/confirm-plan.json``, before any confirmation run: each arm's
+    setting re-chosen by ``settings_on_validation``, trained for twice the plan's length
+    with the plan's seeds, tested by the plan's rule. Refuses until the primary runs and
+    the length check are stored, when the budget would be exceeded, and over a written one.
+    """
+    from dyntemp import provenance
+
+    plan = read_plan()
+    target = root() / CONFIRM_PLAN_FILE
+    if target.exists() and not force:
+        raise ValueError(f"{relative(target)} exists: a plan is written once, before the runs")
+    if not primary_result(plan)["complete"]:
+        raise ValueError("the primary runs are unfinished (python -m dyntemp.decisive primary)")
+    check = length_check(plan["epochs"])
+    if check is None:
+        raise ValueError("the length check is unfinished (python -m dyntemp.decisive lengthcheck)")
+    table = settings_on_validation(plan["epochs"])
+    missing = [arm for arm, entry in table.items() if entry["best"] is None]
+    if missing:
+        raise ValueError(f"no setting of {', '.join(missing)} has {CONFIRM_MIN_RUNS} runs")
+    epochs = 2 * plan["epochs"]
+    steps = len(ARMS) * len(plan["seeds"]) * epochs * steps_per_epoch()
+    spent = sum(cost["steps"] for cost in ledger().values())
+    long_tail = [cfg for cfg in long_tail_configs() if not runs.is_finished(cfg.out)]
+    long_tail_steps = len(long_tail) * (12_406 // LONG_TAIL_BASE["batch_size"]) * 32
+    total = spent + long_tail_steps + steps
+    if total > BUDGET_STEPS:
+        raise ValueError(f"the confirmation needs {total:,} SGD steps in all: over the budget")
+    looks = exploratory(plan)["chosen_by_one_seed"]
+    confirm = {
+        "stage": "confirm",
+        "question": "Does DySTreSS beat SimCLR at twice the primary length, each arm's "
+        "setting chosen again on the validation split from the settings run with several "
+        "seeds?",
+        "why": [
+            f"the length check: doubling L = {plan['epochs']} gains {check['gain']:+.2f} "
+            f"points of validation kNN under the cosine schedule (one seed), more than "
+            f"{CONVERGED_POINTS:g}",
+            f"the primary's SimCLR setting scored {looks['simclr']['tuning']:.2f} on "
+            f"validation in the tuning run that chose it and "
+            f"{sum(looks['simclr']['primary']) / len(looks['simclr']['primary']):.2f} on "
+            "average over its primary seeds: one seed chose it",
+        ],
+        "written_after": "the primary runs and their exploratory look were seen; the choice "
+        "below uses the validation split only",
+        "epochs": epochs,
+        "choice_rule": f"each arm's setting with the best mean validation kNN at "
+        f"{plan['epochs']} epochs over every stored run, among those with at least "
+        f"{CONFIRM_MIN_RUNS}",
+        "choice": table,
+        "arms": {
+            arm: {
+                "candidate": e["best"]["candidate"],
+                "lr": e["best"]["lr"],
+                "val_knn_top1": e["best"]["mean"],
+                "runs": e["best"]["runs"],
+            }  # fmt: skip
+            for arm, e in table.items()
+        },
+        "seeds": plan["seeds"],
+        "seeds_per_arm": len(plan["seeds"]),
+        "primary_test": {**plan["primary_test"], "after": f"{epochs} epochs"},
+        "verdict_rule": plan["verdict_rule"],
+        "budget": {
+            "spent": spent,
+            "long_tail_to_come": long_tail_steps,
+            "confirmation": steps,
+            "total": total,
+            "allowed": BUDGET_STEPS,
+        },
+        "package_commit": provenance.code_version(),
+    }
+    runs.atomic_write_json(target, confirm)
+    return confirm
+
+
+def read_confirm_plan() -> dict[str, Any] | None:
+    """The confirmation's plan, or None before it is written."""
+    target = root() / CONFIRM_PLAN_FILE
+    return runs.read_json(target) if target.exists() else None
 
 
 def paper_gain() -> float:
@@ -670,6 +816,8 @@ def stored_stages(epochs: int | None = None) -> dict[str, str]:
     if (root() / PLAN_FILE).exists():
         found["primary"] = finished(primary_configs(read_plan()))
     found["long-tailed"] = finished(long_tail_configs())
+    confirm = read_confirm_plan()
+    found["confirmation"] = finished(primary_configs(confirm)) if confirm else "not planned"
     return found
 
 
@@ -711,6 +859,8 @@ def main(argv: list[str] | None = None) -> int:
             "longtail",
             "plan",
             "primary",
+            "confirm-plan",
+            "confirm",
             "status",
         ),
     )
@@ -723,9 +873,14 @@ def main(argv: list[str] | None = None) -> int:
             result = run(pilot_config())
             chosen = choose_length(curve(result["folder"]), most=budget_epochs())
             print(json.dumps(chosen, indent=1))
-        elif args.stage in ("tuning", "lengthcheck", "spread", "longtail", "primary"):
-            if args.stage == "primary":
-                plan = read_plan()
+        elif args.stage in ("tuning", "lengthcheck", "spread", "longtail", "primary", "confirm"):
+            if args.stage in ("primary", "confirm"):
+                plan = read_plan() if args.stage == "primary" else read_confirm_plan()
+                if plan is None:
+                    raise ValueError(
+                        f"no plan in {relative(root() / CONFIRM_PLAN_FILE)}: write it "
+                        "(python -m dyntemp.decisive confirm-plan) and commit it first"
+                    )
                 _check_commit(plan)
             todo = {
                 "tuning": lambda: tuning_configs(args.epochs),
@@ -733,11 +888,18 @@ def main(argv: list[str] | None = None) -> int:
                 "lengthcheck": lambda: [length_check_config(args.epochs)],
                 "longtail": long_tail_configs,
                 "primary": lambda: primary_configs(plan),
+                "confirm": lambda: primary_configs(plan),
             }[args.stage]()
             for cfg in todo:
                 result = run(cfg, long_tail=args.stage == "longtail")["results"]
                 said = {k: result.get(k) for k in ("val_knn_top1", "knn_top1")}
                 print(f"{relative(cfg.out)}: {said}", flush=True)
+        elif args.stage == "confirm-plan":
+            confirm = write_confirm_plan()
+            arms = {
+                arm: f"{a['candidate']} at lr {a['lr']:g}" for arm, a in confirm["arms"].items()
+            }
+            print(f"{relative(root() / CONFIRM_PLAN_FILE)}: {confirm['epochs']} epochs, {arms}")
         elif args.stage == "plan":
             plan = write_plan(args.epochs)
             print(f"{relative(root() / PLAN_FILE)}: {plan['arms']}, seeds {plan['seeds']}")

@@ -110,10 +110,28 @@ def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
     )
     assert looks["chosen_by_one_seed"]["simclr"]["tuning"] == plan["arms"]["simclr"]["val_knn_top1"]
     assert len(looks["chosen_by_one_seed"]["dystress"]["primary"]) == len(plan["seeds"])
+    # the confirmation: each arm's setting chosen again on validation, twice the length
+    assert decisive.main(["confirm"]) == 2  # no confirmation plan yet: one line, exit 2
+    confirm = decisive.write_confirm_plan()
+    assert confirm["epochs"] == 4 and confirm["seeds"] == plan["seeds"]
+    for arm, entry in confirm["choice"].items():
+        eligible = [row for row in entry["settings"] if row["runs"] >= 3]
+        assert confirm["arms"][arm]["val_knn_top1"] == max(row["mean"] for row in eligible)
+    spread_setting = confirm["choice"]["simclr"]["settings"]
+    assert {"candidate": "fixed-0.2", "lr": 0.3, "runs": 3} in [
+        {k: row[k] for k in ("candidate", "lr", "runs")} for row in spread_setting
+    ]  # its tuning run and the two spread runs
+    with pytest.raises(ValueError, match="a plan is written once"):
+        decisive.write_confirm_plan()
+    assert decisive.main(["confirm"]) == 0
+    confirmed = decisive.primary_result(confirm)
+    assert confirmed["complete"] and len(confirmed["values"]["dystress"]) == len(plan["seeds"])
+    assert (results / "confirm" / confirm["arms"]["dystress"]["candidate"]).is_dir()
     costs = decisive.ledger()
     assert costs["primary"]["runs"] == 2 * len(plan["seeds"])
     assert costs["tuning"]["runs"] == len(decisive.tuning_configs(2))
     assert costs["pilot"]["steps"] == pilot["results"]["steps"] and "longtail" not in costs
+    assert costs["confirm"]["runs"] == 2 * len(plan["seeds"])
     assert all(cost["hours"] > 0 and cost["machines"] for cost in costs.values())
     assert costs["primary"]["package_commits"] == [plan["package_commit"]]
     # every run is listed in the manifest only once finished; no run shares a seed
