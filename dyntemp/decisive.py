@@ -25,8 +25,8 @@ each stored under ``results/decisive/<stage>/<name>/seed<k>/``:
 6. **confirm**: written after the primary runs, when the length check found that doubling
    L still gains more than a point under the cosine schedule: each arm's setting chosen
    again on the validation split from the settings run with several seeds
-   (``settings_on_validation``), trained for 2L epochs with the plan's seeds, tested by
-   the plan's rule. Its plan (``confirm-plan.json``, ``python -m dyntemp.decisive
+   (``settings_on_validation``), trained for 2L epochs with seeds no earlier stage used,
+   tested by the plan's rule. Its plan (``confirm-plan.json``, ``python -m dyntemp.decisive
    confirm-plan``) is committed before its first run.
 
 Every balanced run holds out the same class-balanced 5,000 of the 50,000 training images
@@ -305,9 +305,14 @@ def budget_epochs() -> int:
     """The longest length L the budget carries: the pilot, the long-tailed runs and, at L
     epochs each, the tuning runs, the spread runs, the length check (2L) and ``MAX_SEEDS``
     primary runs a side."""
-    fixed = PILOT_EPOCHS * steps_per_epoch() + len(long_tail_configs()) * (12_406 // 128) * 32
+    fixed = PILOT_EPOCHS * steps_per_epoch() + long_tail_steps(long_tail_configs())
     runs_of_l = len(tuning_configs(1)) + len(SPREAD_SEEDS) + 2 + 2 * MAX_SEEDS
     return (BUDGET_STEPS - fixed) // (runs_of_l * steps_per_epoch())
+
+
+def long_tail_steps(configs: list[TrainConfig]) -> int:
+    """The SGD steps of ``configs``, runs of the long-tailed stage (all 12,406 images)."""
+    return len(configs) * (12_406 // LONG_TAIL_BASE["batch_size"]) * LONG_TAIL_BASE["epochs"]
 
 
 def length_check_config(epochs: int) -> TrainConfig:
@@ -540,7 +545,7 @@ def primary_result(plan: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
-def exploratory(plan: dict[str, Any] | None = None) -> dict[str, Any]:
+def exploratory_looks(plan: dict[str, Any] | None = None) -> dict[str, Any]:
     """Looks at the stored runs written after the primary runs were seen: exploratory, not
     in the plan, they decide nothing.
 
@@ -628,20 +633,32 @@ def settings_on_validation(epochs: int) -> dict[str, dict[str, Any]]:
 def write_confirm_plan(*, force: bool = False) -> dict[str, Any]:
     """Write ``results/decisive/confirm-plan.json``, before any confirmation run: each arm's
     setting re-chosen by ``settings_on_validation``, trained for twice the plan's length
-    with the plan's seeds, tested by the plan's rule. Refuses until the primary runs and
-    the length check are stored, when the budget would be exceeded, and over a written one.
+    with seeds no earlier stage used, tested by the plan's rule. Refuses until the primary
+    runs and the length check are stored, when the length check found L long enough, when
+    the budget would be exceeded, from uncommitted code, over a written plan, and (even
+    with ``force``) once any confirmation run exists.
     """
     from dyntemp import provenance
 
     plan = read_plan()
     target = root() / CONFIRM_PLAN_FILE
+    if any((root() / "confirm").glob("*/seed*")):
+        raise ValueError(f"{relative(root() / 'confirm')} holds runs: its plan cannot change")
     if target.exists() and not force:
         raise ValueError(f"{relative(target)} exists: a plan is written once, before the runs")
+    commit = provenance.code_version()
+    if commit is None or commit.endswith("+dirty"):
+        raise ValueError(f"the package is at {commit}: a plan names a committed package")
     if not primary_result(plan)["complete"]:
         raise ValueError("the primary runs are unfinished (python -m dyntemp.decisive primary)")
     check = length_check(plan["epochs"])
     if check is None:
         raise ValueError("the length check is unfinished (python -m dyntemp.decisive lengthcheck)")
+    if check["converged"]:
+        raise ValueError(
+            f"the length check gains {check['gain']:+.2f} points: L is long enough, and the "
+            "primary result stands without a confirmation"
+        )
     table = settings_on_validation(plan["epochs"])
     missing = [arm for arm, entry in table.items() if entry["best"] is None]
     if missing:
@@ -649,12 +666,11 @@ def write_confirm_plan(*, force: bool = False) -> dict[str, Any]:
     epochs = 2 * plan["epochs"]
     steps = len(ARMS) * len(plan["seeds"]) * epochs * steps_per_epoch()
     spent = sum(cost["steps"] for cost in ledger().values())
-    long_tail = [cfg for cfg in long_tail_configs() if not runs.is_finished(cfg.out)]
-    long_tail_steps = len(long_tail) * (12_406 // LONG_TAIL_BASE["batch_size"]) * 32
-    total = spent + long_tail_steps + steps
+    to_come = long_tail_steps([c for c in long_tail_configs() if not runs.is_finished(c.out)])
+    total = spent + to_come + steps
     if total > BUDGET_STEPS:
         raise ValueError(f"the confirmation needs {total:,} SGD steps in all: over the budget")
-    looks = exploratory(plan)["chosen_by_one_seed"]
+    looks = exploratory_looks(plan)["chosen_by_one_seed"]
     confirm = {
         "stage": "confirm",
         "question": "Does DySTreSS beat SimCLR at twice the primary length, each arm's "
@@ -669,8 +685,9 @@ def write_confirm_plan(*, force: bool = False) -> dict[str, Any]:
             f"{sum(looks['simclr']['primary']) / len(looks['simclr']['primary']):.2f} on "
             "average over its primary seeds: one seed chose it",
         ],
-        "written_after": "the primary runs and their exploratory look were seen; the choice "
-        "below uses the validation split only",
+        "written_after": "the primary runs, the length check and the exploratory looks were "
+        "seen, among them the test kNN of the two SimCLR settings this rule admits; the "
+        "choice itself reads the validation split only",
         "epochs": epochs,
         "choice_rule": f"each arm's setting with the best mean validation kNN at "
         f"{plan['epochs']} epochs over every stored run, among those with at least "
@@ -685,18 +702,18 @@ def write_confirm_plan(*, force: bool = False) -> dict[str, Any]:
             }  # fmt: skip
             for arm, e in table.items()
         },
-        "seeds": plan["seeds"],
+        "seeds": list(range(max(plan["seeds"]) + 1, max(plan["seeds"]) + 1 + len(plan["seeds"]))),
         "seeds_per_arm": len(plan["seeds"]),
         "primary_test": {**plan["primary_test"], "after": f"{epochs} epochs"},
         "verdict_rule": plan["verdict_rule"],
         "budget": {
             "spent": spent,
-            "long_tail_to_come": long_tail_steps,
+            "long_tail_to_come": to_come,
             "confirmation": steps,
             "total": total,
             "allowed": BUDGET_STEPS,
         },
-        "package_commit": provenance.code_version(),
+        "package_commit": commit,
     }
     runs.atomic_write_json(target, confirm)
     return confirm
@@ -913,14 +930,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_commit(plan: dict[str, Any]) -> None:
-    """The primary runs come from the package commit the plan was written with."""
+    """A plan's runs come from the committed package the plan was written with."""
     from dyntemp import provenance
 
     now = provenance.code_version()
-    if now != plan["package_commit"]:
+    if now is None or now.endswith("+dirty") or now != plan["package_commit"]:
         raise ValueError(
             f"the package is at commit {now}, the plan was written at "
-            f"{plan['package_commit']}: the primary runs come from one commit"
+            f"{plan['package_commit']}: a plan's runs come from that one commit"
         )
 
 

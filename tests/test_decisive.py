@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from fake_cifar import write_fake_cifar10
 
-from dyntemp import decisive, runs, stats, stored
+from dyntemp import decisive, provenance, runs, stats, stored
+
+COMMIT = "c0ffee" * 6 + "c0ff"  # the package commit the tiny experiment runs from
 
 
 @pytest.fixture
@@ -38,6 +40,7 @@ def tiny_experiment(monkeypatch, tmp_path) -> Path:
     monkeypatch.setattr(decisive, "LR_GRID", (0.1, 0.3))
     monkeypatch.setattr(decisive, "MAX_SEEDS", 3)
     monkeypatch.setattr(decisive, "stored_spread", lambda: {"pooled_spread": 0.1})
+    monkeypatch.setattr(provenance, "code_version", lambda: COMMIT)  # committed, whatever the tree
     return tmp_path / "results"
 
 
@@ -58,7 +61,7 @@ def test_the_length_is_the_shortest_whose_double_adds_less_than_a_point():
     assert decisive.smoothed(points, 12) is None  # 9 to 12 holds two evaluations only
 
 
-def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
+def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment, monkeypatch):
     results = tiny_experiment / "decisive"
     assert decisive.main(["pilot"]) == 0
     pilot = runs.load(results / "pilot" / "fixed-0.2" / "seed0")
@@ -77,7 +80,6 @@ def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
     doubled = runs.load(results / "lengthcheck" / "fixed-0.2-lr0.3" / "seed0")["results"]
     assert check["epochs"] == (2, 4) and check["val_knn_top1"][1] == doubled["val_knn_top1"]
     assert check["gain"] == pytest.approx(check["val_knn_top1"][1] - check["val_knn_top1"][0])
-    assert check["converged"] == (check["gain"] < decisive.CONVERGED_POINTS)
     table = decisive.best_of_arms(2)
     assert {len(table[arm]["runs"]) for arm in table} == {3 * 2, 2 * 2}
     for arm, entry in table.items():
@@ -90,6 +92,8 @@ def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
     assert plan["planning_spread"] >= 0.1
     with pytest.raises(ValueError, match="a plan is written once"):
         decisive.write_plan(2)
+    with pytest.raises(ValueError, match="primary runs are unfinished"):
+        decisive.write_confirm_plan()
     assert decisive.main(["primary"]) == 0
     result = decisive.primary_result()
     assert result["complete"]
@@ -100,7 +104,7 @@ def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
     else:
         low, high = result["interval"]
         assert low <= gap["difference"] <= high
-    looks = decisive.exploratory()
+    looks = decisive.exploratory_looks()
     measures = [row["measure"] for row in looks["rows"]]
     assert measures == ["test kNN", "validation kNN", "validation kNN"]
     spread = decisive.spread_estimate(2)
@@ -110,23 +114,45 @@ def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
     )
     assert looks["chosen_by_one_seed"]["simclr"]["tuning"] == plan["arms"]["simclr"]["val_knn_top1"]
     assert len(looks["chosen_by_one_seed"]["dystress"]["primary"]) == len(plan["seeds"])
-    # the confirmation: each arm's setting chosen again on validation, twice the length
+    # the confirmation: each arm's setting chosen again on validation, twice the length,
+    # only when the length check finds L short, only from committed code
     assert decisive.main(["confirm"]) == 2  # no confirmation plan yet: one line, exit 2
+    measured = decisive.length_check(2)
+    for converged in (True, False):
+        monkeypatch.setattr(
+            decisive, "length_check", lambda epochs, c=converged: {**measured, "converged": c}
+        )
+        if converged:
+            with pytest.raises(ValueError, match="L is long enough"):
+                decisive.write_confirm_plan()
+    monkeypatch.setattr(provenance, "code_version", lambda: COMMIT + "+dirty")
+    with pytest.raises(ValueError, match="a plan names a committed package"):
+        decisive.write_confirm_plan()
+    monkeypatch.setattr(provenance, "code_version", lambda: COMMIT)
     confirm = decisive.write_confirm_plan()
-    assert confirm["epochs"] == 4 and confirm["seeds"] == plan["seeds"]
-    for arm, entry in confirm["choice"].items():
-        eligible = [row for row in entry["settings"] if row["runs"] >= 3]
-        assert confirm["arms"][arm]["val_knn_top1"] == max(row["mean"] for row in eligible)
-    spread_setting = confirm["choice"]["simclr"]["settings"]
+    assert confirm["epochs"] == 4 and confirm["package_commit"] == COMMIT
+    assert confirm["seeds"][0] == plan["seeds"][-1] + 1  # seeds no earlier stage used
+    assert (
+        confirm["arms"]["simclr"]["candidate"] == confirm["choice"]["simclr"]["best"]["candidate"]
+    )
     assert {"candidate": "fixed-0.2", "lr": 0.3, "runs": 3} in [
-        {k: row[k] for k in ("candidate", "lr", "runs")} for row in spread_setting
+        {k: row[k] for k in ("candidate", "lr", "runs")}
+        for row in confirm["choice"]["simclr"]["settings"]
     ]  # its tuning run and the two spread runs
     with pytest.raises(ValueError, match="a plan is written once"):
         decisive.write_confirm_plan()
+    monkeypatch.setattr(provenance, "code_version", lambda: "0" * 40)
+    assert decisive.main(["confirm"]) == 2  # another package commit: refused
+    monkeypatch.setattr(provenance, "code_version", lambda: COMMIT)
     assert decisive.main(["confirm"]) == 0
     confirmed = decisive.primary_result(confirm)
     assert confirmed["complete"] and len(confirmed["values"]["dystress"]) == len(plan["seeds"])
-    assert (results / "confirm" / confirm["arms"]["dystress"]["candidate"]).is_dir()
+    for cfg in decisive.primary_configs(confirm):
+        stored_config = runs.load(cfg.out)["config"]
+        assert stored_config["epochs"] == 4 and stored_config["seed"] in confirm["seeds"]
+        assert stored_config["lr"] == cfg.lr and Path(cfg.out).parts[-3] == "confirm"
+    with pytest.raises(ValueError, match="holds runs"):
+        decisive.write_confirm_plan(force=True)  # its runs exist: the plan cannot change
     costs = decisive.ledger()
     assert costs["primary"]["runs"] == 2 * len(plan["seeds"])
     assert costs["tuning"]["runs"] == len(decisive.tuning_configs(2))
@@ -138,6 +164,39 @@ def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment):
     primary_seeds = {json.loads((f / "config.json").read_text())["config"]["seed"]
                      for f in (results / "primary").glob("*/seed*")}  # fmt: skip
     assert primary_seeds == set(plan["seeds"]) and not primary_seeds & {0, 1, 2}
+    assert not set(confirm["seeds"]) & (primary_seeds | {0, 1, 2})
+
+
+def _stored_run(stage: str, name: str, seed: int, rule: dict, lr: float, epochs: int, val: float):
+    folder = decisive.run_folder(stage, name, seed)
+    folder.mkdir(parents=True)
+    config = {**rule, "lr": lr, "epochs": epochs, "seed": seed}
+    report = {"val_knn_top1": val, "provenance": {"config": config}}
+    (folder / "results.json").write_text(json.dumps(report))
+
+
+def test_the_confirmation_chooses_by_the_mean_of_settings_with_enough_runs(tiny_experiment):
+    fixed = {"temperature": "fixed"}
+    _stored_run("tuning", "fixed-0.1-lr0.1", 0, {**fixed, "tau": 0.1}, 0.1, 2, 60.0)  # 1 run
+    for seed, val in enumerate((57.0, 57.5, 58.0)):  # tuning seed 0, then two more
+        stage = "tuning" if seed == 0 else "spread"
+        _stored_run(stage, "fixed-0.2-lr0.3", seed, {**fixed, "tau": 0.2}, 0.3, 2, val)
+    for seed, val in ((0, 59.0), (3, 56.0), (4, 56.5)):  # a lucky tuning run, then two more
+        stage = "tuning" if seed == 0 else "primary"
+        _stored_run(stage, "fixed-0.5-lr0.1", seed, {**fixed, "tau": 0.5}, 0.1, 2, val)
+    _stored_run("spread", "fixed-0.2-lr0.3", 9, {**fixed, "tau": 0.2}, 0.3, 4, 10.0)  # 4 epochs
+    dystress = {"temperature": "dystress", "tau_min": 0.1, "tau_max": 0.2}
+    _stored_run("tuning", "dystress-0.1-0.2-lr0.3", 0, dystress, 0.3, 2, 57.0)
+    table = decisive.settings_on_validation(2)
+    rows = {(r["candidate"], r["lr"]): r for r in table["simclr"]["settings"]}
+    assert rows["fixed-0.2", 0.3]["val_knn_top1"] == [57.0, 57.5, 58.0]  # not the 4-epoch run
+    assert rows["fixed-0.5", 0.1]["mean"] == pytest.approx(57.1667, abs=1e-4)
+    assert rows["fixed-0.1", 0.1]["runs"] == 1  # the highest mean, but one run: not eligible
+    assert (table["simclr"]["best"]["candidate"], table["simclr"]["best"]["lr"]) == (
+        "fixed-0.2",
+        0.3,
+    )
+    assert table["dystress"]["best"] is None  # one run only
 
 
 @pytest.mark.parametrize(
