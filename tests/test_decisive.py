@@ -118,13 +118,10 @@ def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment, monkeypat
     # only when the length check finds L short, only from committed code
     assert decisive.main(["confirm"]) == 2  # no confirmation plan yet: one line, exit 2
     measured = decisive.length_check(2)
-    for converged in (True, False):
-        monkeypatch.setattr(
-            decisive, "length_check", lambda epochs, c=converged: {**measured, "converged": c}
-        )
-        if converged:
-            with pytest.raises(ValueError, match="L is long enough"):
-                decisive.write_confirm_plan()
+    monkeypatch.setattr(decisive, "length_check", lambda epochs: {**measured, "converged": True})
+    with pytest.raises(ValueError, match="L is long enough"):
+        decisive.write_confirm_plan()
+    monkeypatch.setattr(decisive, "length_check", lambda epochs: {**measured, "converged": False})
     monkeypatch.setattr(provenance, "code_version", lambda: COMMIT + "+dirty")
     with pytest.raises(ValueError, match="a plan names a committed package"):
         decisive.write_confirm_plan()
