@@ -123,3 +123,33 @@ def test_the_profile_puts_every_millisecond_of_a_step_in_a_category(tmp_path, ca
     assert "ms a step" in capsys.readouterr().out
     settings = json.loads((out / "results.json").read_text())["settings"]
     assert settings == {"model": "small", "batch_size": 32, "steps": 2}
+
+
+def test_compile_adds_each_rows_twin_under_torch_compile(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "VARIANTS", {"dyntemp fp32": ("off", "off")})  # one compile
+    real = bench.convolution_gflops
+    monkeypatch.setattr(bench, "convolution_gflops",
+                        lambda dtype: real(dtype, 1, images=2, channels=16))  # fmt: skip
+    out = tmp_path / "bench"
+    arguments = "--images 64 --batch-size 32 --steps 1 --rounds 1 --workers 0 --no-gpu --compile"
+    assert bench.main([*arguments.split(), "--out", str(out)]) == 0
+    rates = json.loads((out / "results.json").read_text())["cpu"]["median_images_per_s"]
+    assert list(rates) == ["dyntemp fp32", "dyntemp fp32" + bench.COMPILED, "reference"]
+    assert "dyntemp fp32 + torch.compile" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="drop --compile"):
+        bench.main(["--profile", "--compile"])
+
+
+def test_compiled_steps_compute_what_the_eager_steps_compute():
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    cpu = torch.device("cpu")
+    eager = bench.dyntemp_steps(images, 32, "small", cpu, "off", "off")
+    compiled = bench.dyntemp_steps(images, 32, "small", cpu, "off", "off", compile=True)
+    first = torch.stack([next(eager) for _ in range(3)])
+    second = torch.stack([next(compiled) for _ in range(3)])
+    assert counters["stats"]["unique_graphs"] >= 1  # the twin's model did run compiled
+    assert not torch.equal(first[0], first[2])  # the steps train
+    torch.testing.assert_close(second, first, rtol=1e-4, atol=0)  # float32 rounding only

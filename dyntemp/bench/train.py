@@ -24,7 +24,9 @@ situation of a study sharing its machine, and a row of the trainer's answer to i
 bf16 steps with ``dyntemp.cpu_share.ThreadGuard``, which trains with one thread while other
 processes keep a core busy (its first seconds under load, when it finds the load, are not
 timed). ``OMP_WAIT_POLICY=PASSIVE`` in the environment (recorded with the results) changes
-how the threads wait.
+how the threads wait. ``--compile`` adds after each dyntemp row its twin with the model under
+``torch.compile`` (the trainer's ``--compile``), which fuses the operations between the
+convolutions: whether that pays is the processor's to say.
 
 On a GPU it also reports the seconds of one CIFAR-10-sized epoch (50,000 images) of
 ResNet-18 with dyntemp's step (bf16 or fp16 autocast, channels_last).
@@ -74,6 +76,8 @@ VARIANTS = {
     "dyntemp bf16": ("bf16", "off"),
     "dyntemp bf16 + channels_last": ("bf16", "on"),
 }
+#: Appended to a row's name for its twin under ``torch.compile`` (``--compile``).
+COMPILED = " + torch.compile"
 #: The row whose thread guard is measured under load: the bf16 steps.
 LOADED = "dyntemp bf16 + channels_last"
 
@@ -157,8 +161,10 @@ def dyntemp_steps(
     device: torch.device,
     amp: str = "auto",
     channels_last: str = "auto",
+    compile: bool = False,
 ) -> Iterator[torch.Tensor]:
-    """Endless steps of the trainer itself (``timing.trainer_steps``); each ``next`` runs one."""
+    """Endless steps of the trainer itself (``timing.trainer_steps``); each ``next`` runs one.
+    ``compile``: the model under ``torch.compile``, as the trainer's ``--compile``."""
     config = TrainConfig(
         out="unused",
         model=model_name,
@@ -168,6 +174,7 @@ def dyntemp_steps(
         momentum=0.9,
         amp=amp,
         channels_last=channels_last,
+        compile=compile,
     )
     return trainer_steps(config, images, device)
 
@@ -264,13 +271,16 @@ def compare_on_cpu(args: argparse.Namespace) -> dict:
     """Rounds of each dyntemp variant and of the reference, alternately; images/s of each."""
     device = torch.device("cpu")
     images, source = training_images(args.data_root, args.images)
-    ours = {
-        name: dyntemp_steps(images, args.batch_size, args.model, device, amp, layout)
-        for name, (amp, layout) in VARIANTS.items()
-    }
+    ours = {}
+    for name, (amp, layout) in VARIANTS.items():
+        ours[name] = dyntemp_steps(images, args.batch_size, args.model, device, amp, layout)
+        if args.compile:
+            ours[name + COMPILED] = dyntemp_steps(
+                images, args.batch_size, args.model, device, amp, layout, compile=True
+            )
     theirs, loss_name = reference_rounds(images, args.batch_size, args.workers, args.model)
     for steps in ours.values():
-        time_steps(steps, 3, device)  # warm-up: first calls
+        time_steps(steps, 3, device)  # warm-up: first calls (and torch.compile's compiling)
     theirs(3)
     rates: dict[str, list[float]] = {name: [] for name in [*ours, "reference"]}
     for round_index in range(args.rounds):
@@ -484,8 +494,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="instead of timing, profile the trainer's step under each arithmetic by category",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time each dyntemp row with the model under torch.compile (the trainer's "
+        "--compile; needs a C++ compiler on the CPU)",
+    )
     parser.add_argument("--out", type=Path, help="write OUT/results.json with the provenance")
     args = parser.parse_args(argv)
+    if args.compile and args.profile:
+        raise ValueError("--profile breaks eager steps down by operator; drop --compile")
     for name in ("batch_size", "steps", "rounds", "images"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
