@@ -777,6 +777,51 @@ def verdict_sentence(result: dict[str, Any]) -> str:
     )
 
 
+def result_lines(plan: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    """What a chapter prints of a planned comparison's complete ``result`` (``primary_result``
+    of ``plan``, the primary's or the confirmation's): the difference with its interval,
+    p-values and verdict, the interval's half-width, each arm's spread and seeds, the package
+    commits of the plan and of the runs, and ``verdict_sentence``."""
+    from dyntemp import stats
+
+    stage = plan.get("stage", "primary")
+    low, high = result["interval"]
+    gap = result["difference"]
+    label = {"confirm": "confirmation"}.get(stage, stage)
+    lines = [
+        f"{label}: DySTreSS - SimCLR = {gap['difference']:+.2f} points, 95 % interval "
+        f"[{low:+.2f}, {high:+.2f}], {stats.format_p(gap['p_value'])}; TOST "
+        f"{stats.format_p(result['equivalence']['p_value'])}: {result['verdict']}"
+    ]
+    half = f"  half-width of the interval: {(high - low) / 2:.2f} points (at most 1 asked"
+    if "planning_spread" in plan:  # the primary's seeds were sized for a spread
+        n = plan["seeds_per_arm"]
+        planned = {
+            "difference": 0.0,
+            "df": 2 * n - 2,
+            "standard_error": plan["planning_spread"] * (2 / n) ** 0.5,
+        }
+        half += f"; {stats.interval(planned)[1]:.2f} expected at the planning spread"
+    lines.append(half + ")")
+    values = result["values"]
+    lines.append(
+        f"  spread of the seeds: SimCLR {stats.describe(values['simclr'])}, "
+        f"DySTreSS {stats.describe(values['dystress'])}"
+    )
+    seeds = f"seeds {plan['seeds'][0]}-{plan['seeds'][-1]}"
+    lines += [
+        f"  {arm}, {seeds}: " + ", ".join(f"{v:.2f}" for v in vs) for arm, vs in values.items()
+    ]
+    made = ledger().get(stage, {}).get("package_commits", [])
+    same = "the same" if made == [plan["package_commit"]] else "NOT the same"
+    lines.append(
+        f"  package commit of the plan: {plan['package_commit'][:7]}; of its runs: "
+        f"{', '.join(c[:7] for c in made) or 'none'} ({same})"
+    )
+    lines.append(verdict_sentence(result))
+    return lines
+
+
 def long_tail_table() -> dict[str, dict[str, Any]]:
     """The finished long-tailed runs of each rule: per classifier of the long-tailed
     protocol, the values over seeds of the overall, head, medium and tail accuracies."""

@@ -157,6 +157,14 @@ def test_the_stages_run_in_order_and_the_plan_decides(tiny_experiment, monkeypat
     assert costs["confirm"]["runs"] == 2 * len(plan["seeds"])
     assert all(cost["hours"] > 0 and cost["machines"] for cost in costs.values())
     assert costs["primary"]["package_commits"] == [plan["package_commit"]]
+    # what the chapter prints of each result, from one helper
+    for stage_plan, stage_result, label in ((plan, result, "primary"),
+                                            (confirm, confirmed, "confirmation")):  # fmt: skip
+        lines = decisive.result_lines(stage_plan, stage_result)
+        assert lines[0].startswith(f"{label}: DySTreSS - SimCLR = ")
+        assert ("expected at the planning spread" in lines[1]) == (label == "primary")
+        assert lines[-2].endswith(f"of its runs: {COMMIT[:7]} (the same)")
+        assert lines[-1] == decisive.verdict_sentence(stage_result)
     # every run is listed in the manifest only once finished; no run shares a seed
     primary_seeds = {json.loads((f / "config.json").read_text())["config"]["seed"]
                      for f in (results / "primary").glob("*/seed*")}  # fmt: skip
