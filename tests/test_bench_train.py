@@ -143,6 +143,7 @@ def test_compile_adds_each_rows_twin_under_torch_compile(tmp_path, monkeypatch, 
 def test_compiled_steps_compute_what_the_eager_steps_compute():
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # compile afresh, even after another test compiled the same model
     counters.clear()
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     cpu = torch.device("cpu")
