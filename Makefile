@@ -51,7 +51,7 @@ test-experiments: data
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider notebooks/0[6-9]_*.ipynb notebooks/1[0-9]_*.ipynb; \
 	  status=$$?; rm -rf $$runs; exit $$status
 
-# The study behind the experiment chapters at DYNTEMP_SCALE (cpu unless set; about 3 hours
+# The study behind the experiment chapters at DYNTEMP_SCALE (cpu unless set; about 3.5 hours
 # on a quiet 2-core CPU); finished runs in results/<scale> are kept, so it resumes.
 study: data
 	$(BIN)/python -m dyntemp.experiments study $(or $(DYNTEMP_SCALE),cpu)

@@ -745,8 +745,8 @@ def verdict_sentence(result: dict[str, Any]) -> str:
     paper = paper_gain()
     numbers = f"{gap:+.2f} points, 95 % interval [{low:+.2f}, {high:+.2f}]"
     where = (
-        f"the paper's +{paper:.2f} points (its ResNet-18 after 200 epochs, DySTreSS "
-        f"(0.07, 0.2) against its SimCLR) lie "
+        f"the paper's +{paper:.2f} points (its ResNet-18 after 200 epochs, DySTreSS at a "
+        f"range it does not state against its SimCLR) lie "
     )
     if low <= paper <= high:
         where += "inside that interval"
