@@ -97,7 +97,7 @@ def _results() -> list[Result]:
             "notebooks/02_gradients_of_ntxent",
             "The pull on the positive balances the total push on the negatives.",
             sp.Eq(
-                sp.Sum(sp.Derivative(ell, sp.Symbol("s_j")), (sp.Symbol("j"), 1, sp.Symbol("n"))),
+                sp.Sum(sp.Derivative(ell, sp.Symbol("s_j")), (sp.Symbol("j"), 1, 2 * N - 2)),
                 -sp.Derivative(ell, s_p),
             ),
         )
@@ -147,7 +147,7 @@ def _results() -> list[Result]:
         Result(
             "the-papers-slope-conditions",
             "notebooks/03_dynamic_temperature",
-            "DySTreSS meets the paper's slope conditions: tau falls on (-1, 0) and rises on "
+            "DySTreSS meets the paper's slope conditions: τ falls on (-1, 0) and rises on "
             "(0, 1), with a bounded slope.",
             sp.Eq(sp.Derivative(t(s), s), sp.pi / 2 * (tmax - tmin) * sp.sin(sp.pi * s)),
         )
@@ -183,9 +183,17 @@ def _results() -> list[Result]:
     return found
 
 
+# The library's symbols, named as the book's notation writes them.
+NOTATION = {
+    sp.Symbol("tau_min", positive=True): r"\tau_{\min}",
+    sp.Symbol("tau_max", positive=True): r"\tau_{\max}",
+}
+
+
 def latex(statement: sp.Basic) -> str:
-    """LaTeX safe inside a Markdown table cell."""
-    return sp.latex(statement).replace("|", r"\vert ")
+    """LaTeX safe inside a Markdown table cell, in the book's notation."""
+    names = {symbol: name for symbol, name in NOTATION.items() if symbol in statement.free_symbols}
+    return sp.latex(statement, symbol_names=names).replace("|", r"\vert ")
 
 
 def page() -> str:
