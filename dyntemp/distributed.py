@@ -1,4 +1,5 @@
-"""Running on several processes (``torchrun``): setup, device choice, global BatchNorm.
+"""Running on several processes (``torchrun``): setup, device choice, the loss's gather,
+global BatchNorm.
 
 The models know nothing of distribution; the trainer wraps them here. Under ``torchrun``
 (``WORLD_SIZE`` > 1 in the environment) ``setup`` joins the process group, NCCL on GPUs and
@@ -98,6 +99,30 @@ def min_over_ranks(value: Tensor, context: Context) -> Tensor:
     value = value.clone()
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return value
+
+
+def gather_with_gradient(tensor: Tensor) -> Tensor:
+    """Every rank's ``tensor`` concatenated along its first dimension, rank by rank; the
+    backward pass sums every rank's gradient and keeps this rank's slice, so the loss on the
+    gathered tensor trains each rank's own rows as one process with all rows would."""
+    return _GatherWithGradient.apply(tensor)
+
+
+class _GatherWithGradient(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient and keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.rank, ctx.size = dist.get_rank(), tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
 
 
 class _SumOverRanks(torch.autograd.Function):

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from dyntemp import checks
+from dyntemp.distributed import gather_with_gradient
 from dyntemp.rule import TemperatureRule
 
 __all__ = ["STATE", "ISogCLR", "isogclr_loss"]
@@ -238,11 +239,9 @@ def isogclr_loss(
         if gather:
             import torch.distributed as dist
 
-            from dyntemp.loss import _GatherWithGradient
-
             if not (dist.is_available() and dist.is_initialized()):
                 raise ValueError("gather=True needs an initialised torch.distributed process group")
-            keys = torch.cat([_GatherWithGradient.apply(h1), _GatherWithGradient.apply(h2)])
+            keys = torch.cat([gather_with_gradient(h1), gather_with_gradient(h2)])
             every_index = _gather(indices)
             total = batch * dist.get_world_size()
             local = torch.arange(batch, device=h1.device) + dist.get_rank() * batch

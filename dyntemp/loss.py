@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dyntemp.distributed import gather_with_gradient
 from dyntemp.temperature import Fixed, TemperatureRule
 
 __all__ = ["NTXent", "mean_positive_similarity", "ntxent", "pairwise_ntxent", "reference_ntxent"]
@@ -321,27 +322,6 @@ def _off_positive(logits: Tensor, rows: Tensor, positive_index: Tensor) -> Tenso
     return torch.sigmoid(torch.logsumexp(logits, dim=1).sub_(positive))
 
 
-class _GatherWithGradient(torch.autograd.Function):
-    """all_gather whose backward sums every rank's gradient and keeps this rank's slice."""
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
-        import torch.distributed as dist
-
-        ctx.rank, ctx.size = dist.get_rank(), tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        import torch.distributed as dist
-
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
-
-
 def _check_inputs(z1: Tensor, z2: Tensor) -> None:
     if not (isinstance(z1, Tensor) and isinstance(z2, Tensor)):
         raise ValueError("z1 and z2 must be tensors")
@@ -408,7 +388,7 @@ def ntxent(
             if not (dist.is_available() and dist.is_initialized()):
                 raise ValueError("gather=True needs an initialised torch.distributed process group")
             rank, world = dist.get_rank(), dist.get_world_size()
-            keys = torch.cat([_GatherWithGradient.apply(z1), _GatherWithGradient.apply(z2)])
+            keys = torch.cat([gather_with_gradient(z1), gather_with_gradient(z2)])
             total = n * world
             local = torch.arange(rank * n, (rank + 1) * n, device=z1.device)
             self_index = torch.cat([local, local + total])
