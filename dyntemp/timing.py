@@ -1,6 +1,6 @@
 """Seconds of the trainer's own steps: the one step timer of the benchmarks and estimates.
 
-A step is ``dyntemp.train.train_step``: both views of a batch, the forward pass, the loss,
+A step is ``dyntemp.step.train_step``: both views of a batch, the forward pass, the loss,
 the backward pass and the update. Steps are timed as one stretch with the device waited for
 only before and after, so nothing inside the stretch stops the host; untimed steps first
 take the one-off costs (first calls, cuDNN's autotuning, ``torch.compile``).
@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dyntemp import step
+from dyntemp.augment import ViewBatches
 from dyntemp.config import TrainConfig
+from dyntemp.distributed import Context, choose_device
 
 if TYPE_CHECKING:
     from dyntemp.precision import Precision
@@ -40,14 +43,10 @@ def trainer_steps(
 
     ``precision`` defaults to the config's, ``auto`` resolved by rule (``start_run``).
     """
-    from dyntemp.augment import ViewBatches  # here, so that the trainer may use this module
-    from dyntemp.distributed import Context
-    from dyntemp.train import PHASES, start_run, train_step
-
     if len(images) < config.batch_size:
         raise ValueError(f"{len(images)} images do not make a batch of {config.batch_size}")
-    run = start_run(config, Context(0, 1, 0, torch.device(device)), images, precision)
-    step, epoch = 0, 0
+    run = step.start_run(config, Context(0, 1, 0, torch.device(device)), images, precision)
+    done, epoch = 0, 0
     while True:
         batches = iter(
             ViewBatches(
@@ -60,13 +59,13 @@ def trainer_steps(
             )
         )
         while True:
-            with torch.profiler.record_function(PHASES["views"]):
+            with torch.profiler.record_function(step.PHASES["views"]):
                 batch = next(batches, None)
             if batch is None:
                 break
             view1, view2, *indices = batch
-            yield train_step(run, view1, view2, step % run.total_steps, *indices)
-            step += 1
+            yield step.train_step(run, view1, view2, done % run.total_steps, *indices)
+            done += 1
         epoch += 1
 
 
@@ -125,8 +124,6 @@ def step_seconds(
     >>> 0 < step_seconds(config, steps=2) < 60
     True
     """
-    from dyntemp.distributed import choose_device
-
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
     device = choose_device(config.device) if device is None else torch.device(device)

@@ -33,11 +33,11 @@ def test_bench_train_runs_and_writes_its_results(tmp_path, capsys, monkeypatch):
 
 
 def test_bench_train_times_the_trainers_own_step(monkeypatch):
-    from dyntemp import train
+    from dyntemp import step
 
     calls = []
-    real = train.train_step
-    monkeypatch.setattr(train, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = step.train_step
+    monkeypatch.setattr(step, "train_step", lambda *a, **k: calls.append(1) or real(*a, **k))
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     steps = bench.dyntemp_steps(images, 32, "small", torch.device("cpu"), "off", "off")
     next(steps), next(steps), next(steps)

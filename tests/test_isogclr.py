@@ -11,7 +11,7 @@ import sympy as sp
 import torch
 from helpers import interrupted_then_resumed, tiny, untimed_metrics
 
-from dyntemp import augment, ntxent, runs, train
+from dyntemp import augment, ntxent, runs, step, train
 from dyntemp import temperature as T
 from dyntemp.config import TrainConfig
 from dyntemp.isogclr import STATE, ISogCLR, isogclr_loss
@@ -163,8 +163,8 @@ def test_the_views_come_with_their_images_indices():
         )  # fmt: skip
         for r in range(2)
     ]
-    for step, (_, _, index) in enumerate(indexed):
-        assert torch.equal(torch.cat([shares[0][step][2], shares[1][step][2]]), index)
+    for batch, (_, _, index) in enumerate(indexed):
+        assert torch.equal(torch.cat([shares[0][batch][2], shares[1][batch][2]]), index)
 
 
 @pytest.mark.slow
@@ -202,13 +202,13 @@ def test_a_checkpoint_without_the_images_state_does_not_fit(tmp_path):
     )  # fmt: skip
     images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
     context = Context(0, 1, 0, torch.device("cpu"))
-    run = train.start_run(config, context, images)
+    run = step.start_run(config, context, images)
     assert run.rule.images == 40
     state = run.state("fingerprint")
     assert set(state["temperature"]) == set(STATE)
     state["temperature"] = {}
     with pytest.raises(runs.RunFolderError, match="does not fit this run"):
-        train.start_run(config, context, images).restore(state, "fingerprint", tmp_path)
+        step.start_run(config, context, images).restore(state, "fingerprint", tmp_path)
 
 
 def test_a_step_reads_no_value_on_the_host():

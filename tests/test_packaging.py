@@ -131,3 +131,54 @@ def test_the_readmes_module_table_has_a_line_for_every_module():
     packages = [f"dyntemp/{p.parent.name}/" for p in (ROOT / "dyntemp").glob("*/__init__.py")]
     assert len(listed) == len(set(listed)), "a module listed twice"
     assert set(listed) == set(modules + packages)
+
+
+def _internal_imports() -> dict[str, set[str]]:
+    """Each module of ``dyntemp`` and the package's modules it imports anywhere in its code,
+    at the top or inside a function (``from dyntemp import name`` of a name that is no
+    module depends on the package's ``__init__``)."""
+    package = ROOT / "dyntemp"
+    modules = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in package.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names if alias.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.module in modules:
+                for alias in node.names:
+                    child = f"{node.module}.{alias.name}"
+                    found.add(child if child in modules else node.module)
+        graph[name] = found - {name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph``, as the modules along it, or None."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = "open"
+        for child in sorted(graph[node]):
+            if state.get(child) == "open":
+                return [*path[path.index(child) :], child]
+            if child not in state and (found := visit(child, [*path, child])):
+                return found
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return None
+
+
+def test_imports_go_one_way():
+    graph = _internal_imports()
+    assert "dyntemp.step" in graph["dyntemp.train"]  # the scan sees the package's imports
+    assert "dyntemp.step" in graph["dyntemp.bench.train"]  # also those inside a function
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])

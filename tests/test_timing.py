@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dyntemp import timing, train
+from dyntemp import step, timing
 from dyntemp.config import TrainConfig
 
 TINY = dict(model="small", batch_size=16, projector_hidden_dim=16, projector_dim=8, device="cpu")
@@ -20,8 +20,8 @@ def images(count: int) -> torch.Tensor:
 
 def test_the_steps_are_the_trainers_epoch_after_epoch(monkeypatch):
     calls = []
-    real = train.train_step
-    monkeypatch.setattr(train, "train_step", lambda *a: calls.append(a[-1]) or real(*a))
+    real = step.train_step
+    monkeypatch.setattr(step, "train_step", lambda *a: calls.append(a[-1]) or real(*a))
     config = TrainConfig(**TINY, amp="off", channels_last="off", epochs=2)
     steps = timing.trainer_steps(config, images(32), "cpu")  # 2 steps an epoch, 4 a run
     losses = [next(steps) for _ in range(5)]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers import interrupted_then_resumed, tiny, untimed_metrics
 
-from dyntemp import config, data, optim, parts, runs, temperature, train
+from dyntemp import config, data, optim, parts, runs, step, temperature, train
 from dyntemp.config import TrainConfig, preset
 
 # ----------------------------------------------------------------------------- configuration
@@ -270,7 +270,7 @@ def test_missing_data_says_where_it_looked_and_writes_nothing(tmp_path):
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
     fake_root, tmp_path, monkeypatch
 ):
-    real_ntxent = train.ntxent
+    real_ntxent = step.ntxent
     calls = []
 
     def failing_ntxent(*args, **kwargs):
@@ -278,7 +278,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(
         loss = real_ntxent(*args, **kwargs)
         return loss * float("nan") if len(calls) == 8 else loss  # step 7, in epoch 2
 
-    monkeypatch.setattr(train, "ntxent", failing_ntxent)
+    monkeypatch.setattr(step, "ntxent", failing_ntxent)
     out = tmp_path / "run"
     with pytest.raises(train.NonFiniteLossError, match="not finite at step 7.*epoch 1"):
         train.train(tiny(fake_root, out, epochs=3))  # 5 steps an epoch
@@ -403,16 +403,16 @@ def test_resume_under_another_mixed_precision(fake_root, tmp_path):
     config = tiny(fake_root, tmp_path / "run")
     images = torch.randint(0, 256, (80, 3, 32, 32), dtype=torch.uint8)
     context = Context(0, 1, 0, torch.device("cpu"))
-    unscaled = train.start_run(config, context, images)
+    unscaled = step.start_run(config, context, images)
     state = unscaled.state("fingerprint")
     assert state["scaler"] == {}
-    scaled = train.start_run(config, context, images)
+    scaled = step.start_run(config, context, images)
     scaled.scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
     scaled.restore(state, "fingerprint", tmp_path)  # no loss scale to restore: kept
     assert scaled.scaler.get_scale() == 1024.0
     scaled_state = scaled.state("fingerprint")
     assert scaled_state["scaler"]["scale"] == 1024.0
-    train.start_run(config, context, images).restore(scaled_state, "fingerprint", tmp_path)
+    step.start_run(config, context, images).restore(scaled_state, "fingerprint", tmp_path)
     with pytest.raises(ValueError, match="training data differ"):
         scaled.restore(state, "other data", tmp_path)
 
@@ -454,10 +454,10 @@ def test_a_checkpoint_without_the_learned_temperature_does_not_fit(fake_root, tm
     config = tiny(fake_root, tmp_path / "run", temperature="learned")
     images = torch.randint(0, 256, (80, 3, 32, 32), dtype=torch.uint8)
     context = Context(0, 1, 0, torch.device("cpu"))
-    state = train.start_run(config, context, images).state("fingerprint")
+    state = step.start_run(config, context, images).state("fingerprint")
     state["temperature"] = {}
     with pytest.raises(runs.RunFolderError, match="does not fit this run"):
-        train.start_run(config, context, images).restore(state, "fingerprint", tmp_path)
+        step.start_run(config, context, images).restore(state, "fingerprint", tmp_path)
 
 
 # ----------------------------------------------------------------------------- validation

@@ -4,7 +4,7 @@ A step is everything between two optimiser updates: making both views of a batch
 forward pass of both, the loss, the backward pass and the update. The ways below are
 measured alternately in one run on the same network (``small``) and batch size (256):
 
-* **dyntemp fp32** and **dyntemp bf16**: the trainer's own step (``dyntemp.train.train_step``)
+* **dyntemp fp32** and **dyntemp bf16**: the trainer's own step (``dyntemp.step.train_step``)
   on the uint8 dataset in one tensor, ``ViewBatches`` drawing per-sample augmentation
   parameters and augmenting the whole batch at once on the device, and ``ntxent`` with
   DySTreSS (0.1, 0.2) and its exact backward; fp32 in the contiguous layout, bf16 with
@@ -391,13 +391,13 @@ PYTHON_CATEGORY = "Python between operators"
 
 def profile_steps(steps: Iterator[torch.Tensor], count: int) -> dict[str, dict[str, float]]:
     """Milliseconds per step from torch's profiler over ``count`` of the trainer's steps: by
-    phase (``train.PHASES``: the views, forward, loss, backward, optimiser; each with all it
+    phase (``step.PHASES``: the views, forward, loss, backward, optimiser; each with all it
     calls) and by operator: each operator's own time counted once, in the views' category
     when the views called it, else in its kind's (``PROFILE_CATEGORIES``, the rest "other");
     the phases' own time between operators is the views' or ``PYTHON_CATEGORY``."""
     from torch.profiler import ProfilerActivity, profile
 
-    from dyntemp.train import PHASES
+    from dyntemp.step import PHASES
 
     next(steps)  # first calls out of the profile
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
@@ -426,7 +426,7 @@ def profile_steps(steps: Iterator[torch.Tensor], count: int) -> dict[str, dict[s
 
 
 def _phase_of(event: Any, labels: dict[str, str]) -> str | None:
-    """The trainer's phase (``train.PHASES``) that ``event`` ran in, from its parents."""
+    """The trainer's phase (``step.PHASES``) that ``event`` ran in, from its parents."""
     parent = event.cpu_parent
     while parent is not None:
         if parent.name in labels:
