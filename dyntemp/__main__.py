@@ -9,6 +9,8 @@ import sys
 import types
 import typing
 
+from dyntemp import checks
+
 BENCHMARKS = ("loss", "augment", "train", "gpu")
 
 
@@ -132,15 +134,8 @@ def _parse(kind: type) -> typing.Callable[[str], typing.Any]:
     return kind
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr and exit code 2, like every other bad input."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m dyntemp", description=__doc__)
+    parser = checks.ArgumentParser(prog="python -m dyntemp", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train",
@@ -198,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        resume = "; rerun the same command to resume" if args.command == "train" else ""
+        print(f"interrupted{resume}", file=sys.stderr)
         return 130
 
 

@@ -14,11 +14,21 @@ ValueError: --epochs must be positive, got 0
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
+import typing
 from collections.abc import Sequence
 
-__all__ = ["at_most", "boolean", "choice", "number", "whole"]
+__all__ = ["ArgumentParser", "at_most", "boolean", "choice", "number", "whole"]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with usage errors as one line on stderr and exit code 2, like every other
+    bad input of the command line."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def whole(name: str, value: object, *, low: int | None = None, high: int | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from dyntemp.bench import common
@@ -45,3 +46,20 @@ def test_training_images_are_cifar_from_a_root_or_random(tmp_path):
     root = write_fake_cifar10(tmp_path / "data")
     real, said = common.training_images(str(root), 7)
     assert real.shape == (7, 3, 32, 32) and said == f"CIFAR-10 from {root}"
+
+
+def test_a_benchmark_replaces_only_its_own_earlier_result(tmp_path):
+    folder = tmp_path / "bench"
+    common.write_results(folder, "loss", {"command": "first"})
+    common.write_results(folder, "loss", {"command": "again"})  # its own result: replaced
+    assert json.loads((folder / "results.json").read_text())["provenance"]["command"] == "again"
+    with pytest.raises(ValueError, match="not a result of bench train"):
+        common.write_results(folder, "train", {})
+    run = tmp_path / "run"  # a training run's folder: never written into
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "results.json").write_text('{"knn_top1": 50.0}')
+    with pytest.raises(ValueError, match="holds a training run"):
+        common.write_results(run, "loss", {})
+    assert json.loads((run / "results.json").read_text()) == {"knn_top1": 50.0}
+    assert sorted(p.name for p in folder.iterdir()) == ["results.json"]  # no temporary left

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dyntemp import checks
 from dyntemp.augment import SimCLRAugment
 from dyntemp.bench.common import host_syncs, per_image_pipeline, write_results
 from dyntemp.data import load_dataset
@@ -171,7 +172,7 @@ def format_table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = checks.ArgumentParser(
         prog="python -m dyntemp bench augment",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -69,16 +69,28 @@ def per_image_pipeline(
 def write_results(
     out: str | Path | None, benchmark: str, provenance: dict[str, Any], **sections: Any
 ) -> Path | None:
-    """Write ``out/results.json``: ``{"benchmark": ..., **sections, "provenance": ...}``.
+    """Write ``out/results.json``: ``{"benchmark": ..., **sections, "provenance": ...}``,
+    atomically.
 
     Nothing is written when ``out`` is None; returns the file's path, and says where it is.
+    A folder that holds a training run, or a ``results.json`` that is not an earlier result
+    of the same benchmark, is refused (ValueError): a benchmark replaces only its own result.
     """
     if out is None:
         return None
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / RESULTS_FILE
+    if (folder / runs.CONFIG_FILE).exists() or (folder / runs.CHECKPOINT_FILE).exists():
+        raise ValueError(f"{folder} holds a training run; write the benchmark elsewhere")
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text()).get("benchmark")
+        except (OSError, ValueError, AttributeError):
+            earlier = None
+        if earlier != benchmark:
+            raise ValueError(f"{path} is not a result of bench {benchmark}; write it elsewhere")
+    folder.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": benchmark, **sections, "provenance": provenance}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    runs.atomic_write_json(path, payload)
     print(f"wrote {path}")
     return path

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from dyntemp import checks
 from dyntemp.augment import SimCLRAugment, ViewBatches
 from dyntemp.bench.augment import test_images, time_batched
 from dyntemp.bench.common import host_syncs, training_images, write_results
@@ -483,7 +484,7 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = checks.ArgumentParser(
         prog="python -m dyntemp bench gpu",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -15,7 +15,6 @@ allocations served by mmap so that freed memory leaves at once).
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import statistics
 import time
@@ -24,7 +23,9 @@ from pathlib import Path
 
 import torch
 
+from dyntemp import checks
 from dyntemp.bench.common import write_results
+from dyntemp.distributed import choose_device
 from dyntemp.formula import Formula
 from dyntemp.loss import ntxent, reference_ntxent
 from dyntemp.provenance import provenance
@@ -75,6 +76,11 @@ def time_alternately(
             sync(z1.device)
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _ratio(value: float | None) -> str:
+    """``0.47x``, or ``n/a`` where a figure could not be measured (peak memory off Linux)."""
+    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def _status_kib(field: str) -> int:
@@ -159,7 +165,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dyntemp bench loss", description=__doc__)
+    parser = checks.ArgumentParser(prog="python -m dyntemp bench loss", description=__doc__)
     parser.add_argument(
         "--sizes",
         type=int,
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--sizes must be even numbers of views, at least 4")
     if args.dim < 1 or args.repeats < 1:
         raise ValueError("--dim and --repeats must be positive")
-    device = torch.device(args.device)
+    device = choose_device(args.device)
     info = provenance(device)
     print(
         f"machine: {info['machine']['device']}, {info['machine']['cpu_cores']} cores, "
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         met = r["time_vs_lightly"] <= 0.5 and (r["memory_vs_lightly"] or 0) <= 1.0
         print(
             f"goal at 2N = 1024 (time <= 0.5x lightly, memory <= 1x): "
-            f"time {r['time_vs_lightly']:.2f}x, memory {r['memory_vs_lightly']:.2f}x "
+            f"time {r['time_vs_lightly']:.2f}x, memory {_ratio(r['memory_vs_lightly'])} "
             f"-> {'met' if met else 'NOT met'}"
         )
     write_results(args.out, "loss", info, rows=rows)

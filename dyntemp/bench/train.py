@@ -4,12 +4,13 @@ A step is everything between two optimiser updates: making both views of a batch
 forward pass of both, the loss, the backward pass and the update. The ways below are
 measured alternately in one run on the same network (``small``) and batch size (256):
 
-* **dyntemp fp32** and **dyntemp bf16**: the trainer's own step (``dyntemp.step.train_step``)
-  on the uint8 dataset in one tensor, ``ViewBatches`` drawing per-sample augmentation
-  parameters and augmenting the whole batch at once on the device, and ``ntxent`` with
-  DySTreSS (0.1, 0.2) and its exact backward; fp32 in the contiguous layout, bf16 with
-  autocast and channels_last, what ``--amp auto`` chooses on a CPU that computes bf16
-  natively (the row says whether this one does: elsewhere bf16 is emulated, and slow);
+* **dyntemp fp32**, **fp32 + channels_last**, **bf16** and **bf16 + channels_last**
+  (``VARIANTS``, the candidates of ``--amp auto`` and ``--channels-last auto``): the
+  trainer's own step (``dyntemp.step.train_step``) on the uint8 dataset in one tensor,
+  ``ViewBatches`` drawing per-sample augmentation parameters and augmenting the whole batch
+  at once on the device, and ``ntxent`` with DySTreSS (0.1, 0.2) and its exact backward;
+  bf16 with autocast (the table says whether this CPU computes bf16 natively: elsewhere it
+  is emulated, and slow);
 * **reference**, the common way: torchvision's per-image PIL transforms in a ``DataLoader``
   with worker processes (2 by default), and lightly's ``NTXentLoss`` (temperature 0.2), or
   a plain autograd NT-Xent when lightly is not installed (``pip install lightly``).
@@ -48,15 +49,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from dyntemp import data, models
+from dyntemp import checks, data, models
 from dyntemp.bench.common import per_image_pipeline, training_images, write_results
 from dyntemp.config import TrainConfig
 from dyntemp.cpu_share import ThreadGuard
 from dyntemp.loss import reference_ntxent
 from dyntemp.provenance import load_average, native_bf16_cpu, provenance
 from dyntemp.timing import epoch_seconds, time_steps, trainer_steps
-
-Step = Callable[[], None]
 
 
 def _model(name: str, device: torch.device) -> models.SimCLRModel:
@@ -475,7 +474,7 @@ def format_table(cpu: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dyntemp bench train", description=__doc__)
+    parser = checks.ArgumentParser(prog="python -m dyntemp bench train", description=__doc__)
     parser.add_argument("--model", default="small", choices=models.MODELS)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
@@ -507,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("batch_size", "steps", "rounds", "images"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if min(args.gpu_batch_sizes) <= 0:
+        raise ValueError("--gpu-batch-sizes must be positive")
     if args.batch_size > args.images:
         raise ValueError(f"--batch-size {args.batch_size} exceeds --images {args.images}")
     if args.threads is not None:
