@@ -155,7 +155,10 @@ def choose(
     full_key = json.dumps({**key, **machine_key(), "amp": amp, "cl": channels_last}, sort_keys=True)
     saved = _read_cache(cache).get(full_key) if cache is not None else None
     if saved is not None:
-        return Precision.from_dict(saved, source="cache")
+        try:
+            return Precision.from_dict(saved, source="cache")
+        except (AttributeError, KeyError, TypeError, ValueError):
+            pass  # a damaged entry: measured again, and replaced
     timings = {name: time_step(dtype, layout) for name, (dtype, layout) in open_.items()}
     best = max(timings, key=timings.get)
     dtype, layout = open_[best]

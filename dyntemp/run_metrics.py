@@ -207,6 +207,11 @@ def long_tail_report(
         for images in (train_set.images, test_set.images)
     )
     classes = len(train_set.classes)
+    if classes < 3:
+        raise ValueError(
+            f"the long-tailed protocol needs at least 3 classes (a head, a medium and a tail); "
+            f"{config.dataset} has {classes}"
+        )
     counts = torch.bincount(train_set.labels, minlength=classes).tolist()
     groups = class_groups(counts)
     report: dict[str, Any] = {

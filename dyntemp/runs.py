@@ -7,8 +7,9 @@ A run folder holds
 - ``checkpoint.pt``: model, optimiser and loop state after the last finished epoch;
 - ``metrics.jsonl``: one line per finished epoch;
 - ``results.json``: written once, when the last epoch is done: the run is *finished*;
-- ``eval.json`` and ``embedding.json``: evaluations of the finished run (``python -m dyntemp
-  eval`` and the book's study); removed when training resumes, so none outlives its weights;
+- ``eval.json``, ``embedding.json`` and ``longtail.json``: evaluations of the finished run
+  (``python -m dyntemp eval``, ``--long-tail`` and the book's study); removed when training
+  resumes, so none outlives its weights;
 - ``.lock`` while a process trains in it.
 
 Every file is written atomically (a temporary file, then a rename; the temporary file is

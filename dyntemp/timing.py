@@ -117,7 +117,7 @@ def step_seconds(
 ) -> float:
     """Seconds of one trainer's step of ``config`` here, on random images of its size: the
     first half of ``steps`` warm up, the rest are timed together. ``device`` defaults to the
-    config's; the global random state is left as it was.
+    config's; the CPU's global random state is left as it was.
 
     >>> config = TrainConfig(model="small", batch_size=8, projector_hidden_dim=16,
     ...                      projector_dim=8, amp="off", channels_last="off", device="cpu")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -234,3 +235,33 @@ def test_a_benchmark_gets_its_own_options(capsys):
         main(["bench", "loss", "--help"])
     assert stop.value.code == 0
     assert "python -m dyntemp bench loss" in capsys.readouterr().out
+
+
+def test_a_benchmarks_usage_error_is_one_line(capsys):
+    for bench in ("loss", "augment", "train", "gpu"):
+        assert exit_code(["bench", bench, "--no-such-flag"]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith("error: "), error
+        assert f"python -m dyntemp bench {bench} --help" in error
+    assert exit_code(["bench", "loss", "--device", "gpu"]) == 2  # checked before anything runs
+    assert "unknown device 'gpu'" in capsys.readouterr().err
+
+
+def test_the_long_tailed_protocol_refuses_fewer_than_three_classes(tmp_path, capsys):
+    from PIL import Image
+
+    for split, label, index in itertools.product(("train", "test"), (0, 1), range(8)):
+        path = tmp_path / "images" / split / f"class{label}" / f"{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (40 + 160 * label + index,) * 3).save(path)
+    out = tmp_path / "run"
+    small = ["--model", "small", "--epochs", "1", "--batch-size", "8", "--knn-k", "4",
+             "--projector-hidden-dim", "16", "--projector-dim", "8", "--amp", "off",
+             "--channels-last", "off", "--no-progress"]  # fmt: skip
+    folder = ["--dataset", "imagefolder", "--data-root", str(tmp_path / "images")]
+    assert main(["train", *folder, *small, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert exit_code(["eval", str(out), "--long-tail", "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "needs at least 3 classes" in error, error
+    assert not (out / "longtail.json").exists()

@@ -134,3 +134,21 @@ def test_the_probe_times_the_real_step_and_leaves_the_rng_alone(tmp_path):
     rate = train.probe_step(config, Context(0, 1, 0, CPU), None, False, steps=1)
     assert rate > 0
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_damaged_cache_entry_is_measured_again_and_replaced(monkeypatch, tmp_path):
+    monkeypatch.setattr(provenance, "native_bf16_cpu", lambda: False)
+    key = {"model": "small", "batch_size": 128}
+    cache = tmp_path / "precision.json"
+
+    def timer(dtype, layout):
+        return 2.0 if layout else 1.0
+
+    first = precision.choose("off", "auto", CPU, key, timer, cache=cache)
+    assert first.source == "probe" and first.channels_last
+    entries = json.loads(cache.read_text())
+    for damaged in ("not a record", {"amp": "off"}, {"amp": "fp8", "channels_last": True}):
+        cache.write_text(json.dumps(dict.fromkeys(entries, damaged)))
+        again = precision.choose("off", "auto", CPU, key, timer, cache=cache)
+        assert again.source == "probe" and again.channels_last  # measured, not a traceback
+        assert json.loads(cache.read_text()) == entries  # and the entry written anew
