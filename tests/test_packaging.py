@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,16 +50,23 @@ def _requirement_names(requirements: list[str]) -> set[str]:
     return names
 
 
+def _import_statements(path: Path) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement of a source file, at its top or inside a function."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+
+
 def _third_party_imports() -> dict[str, set[str]]:
     """The distribution of every top-level module imported by ``dyntemp/**/*.py`` (inside
     functions too) outside the standard library and dyntemp, with the files importing it."""
     installed = importlib.metadata.packages_distributions()
     found: dict[str, set[str]] = {}
     for path in sorted((ROOT / "dyntemp").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _import_statements(path):
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            elif node.level == 0 and node.module:
                 modules = [node.module]
             else:
                 continue
@@ -145,10 +153,10 @@ def _internal_imports() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         found: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _import_statements(path):
             if isinstance(node, ast.Import):
                 found |= {alias.name for alias in node.names if alias.name in modules}
-            elif isinstance(node, ast.ImportFrom) and node.module in modules:
+            elif node.module in modules:
                 for alias in node.names:
                     child = f"{node.module}.{alias.name}"
                     found.add(child if child in modules else node.module)
